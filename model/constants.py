@@ -1,0 +1,35 @@
+"""Constants both jobs share: class names, image size, layer names, BreakHis vocabulary."""
+
+from __future__ import annotations
+
+CLASS_NAMES: tuple[str, str] = ("benign", "malignant")
+"""Index 0 is benign, index 1 malignant; the model's single output is P(malignant)."""
+
+POSITIVE_CLASS = "malignant"
+DEFAULT_IMAGE_SIZE = 128
+MIN_IMAGE_SIZE = 32  # VGG16's five 2x2 poolings need at least 32 pixels a side.
+
+LAST_CONV_LAYER = "block5_conv3"
+LOGIT_LAYER = "logit"
+PROBABILITY_LAYER = "p_malignant"
+
+MAGNIFICATIONS: tuple[str, ...] = ("40X", "100X", "200X", "400X")
+
+# BreakHis subtype code -> (folder name, class name).
+SUBTYPES: dict[str, tuple[str, str]] = {
+    "A": ("adenosis", "benign"),
+    "F": ("fibroadenoma", "benign"),
+    "PT": ("phyllodes_tumor", "benign"),
+    "TA": ("tubular_adenoma", "benign"),
+    "DC": ("ductal_carcinoma", "malignant"),
+    "LC": ("lobular_carcinoma", "malignant"),
+    "MC": ("mucinous_carcinoma", "malignant"),
+    "PC": ("papillary_carcinoma", "malignant"),
+}
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+# Files of a training export; the scoring pipeline reads exactly these.
+MODEL_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+MODEL_CARD_FILE = "model_card.json"
