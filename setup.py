@@ -12,6 +12,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",  # Keras 3
+        "tensorboard",  # TensorBoard callback logs; not pulled in by tensorflow 2.21
         "apache-beam[gcp]>=2.60",
         "numpy",
         "pillow",

@@ -18,6 +18,28 @@ from apache_beam.io.filesystems import FileSystems
 
 logger = logging.getLogger(__name__)
 
+EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
+
+
+def use_anonymous_credentials_for_emulator() -> None:
+    """With a storage emulator, skip Beam's credential lookup (and its retries) up front.
+
+    Beam looks for Google application default credentials with exponential-backoff retries,
+    half a minute per process when there are none, before it connects anonymously; an
+    emulator accepts anonymous requests, so with `STORAGE_EMULATOR_HOST` set we go straight
+    to anonymous. Called on import, so Beam worker processes that import this module do too.
+    """
+    if not os.environ.get(EMULATOR_VARIABLE):
+        return
+    from apache_beam.internal.gcp import auth
+
+    with auth._Credentials._credentials_lock:
+        auth._Credentials._credentials_init = True
+        auth._Credentials._credentials = None
+
+
+use_anonymous_credentials_for_emulator()
+
 
 def is_remote(path: str) -> bool:
     """Whether the path is on a remote filesystem (e.g. `gs://`)."""

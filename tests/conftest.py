@@ -19,3 +19,51 @@ def breakhis_sample() -> pathlib.Path:
     if not BREAKHIS_SAMPLE.is_dir():
         pytest.skip(f"real BreakHis sample not found at {BREAKHIS_SAMPLE}")
     return BREAKHIS_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A gcp-storage-emulator on 127.0.0.1 with bucket `test-bucket`; yields the bucket URL.
+
+    Sets STORAGE_EMULATOR_HOST for this process and the Beam worker processes it starts.
+    """
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+
+    from model import storage
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="test-bucket")
+    server.start()
+    previous = os.environ.get(storage.EMULATOR_VARIABLE)
+    os.environ[storage.EMULATOR_VARIABLE] = f"http://127.0.0.1:{port}"
+    storage.use_anonymous_credentials_for_emulator()
+    try:
+        yield "gs://test-bucket"
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop(storage.EMULATOR_VARIABLE, None)
+        else:
+            os.environ[storage.EMULATOR_VARIABLE] = previous
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory) -> pathlib.Path:
+    """A small BreakHis-layout synthetic set: 5 patients per class, 40X and 100X, 96x64 tiles."""
+    from model.synthetic_data import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(
+        str(root),
+        patients_per_class=5,
+        images_per_magnification=3,
+        magnifications=("40X", "100X"),
+        width=96,
+        height=64,
+        seed=7,
+    )
+    return root

@@ -1,0 +1,168 @@
+"""Evaluation and training plots as PNG bytes, so callers write them through `model.storage`."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: training VMs and Dataflow workers have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from model.constants import CLASS_NAMES  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+Curve = tuple[np.ndarray, np.ndarray, float | None]
+_DPI = 100
+_PANELS = (("loss", "Loss"), ("auc", "AUC"), ("acc", "Accuracy"))
+
+
+def _to_png(figure: plt.Figure) -> bytes:
+    """Render and close the figure; closing matters in long jobs that plot many figures."""
+    try:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
+        return buffer.getvalue()
+    finally:
+        plt.close(figure)
+
+
+def _legend_label(name: str, metric: str, value: float | None, points: int) -> str:
+    if not points:
+        return f"{name} (no curve: one class only)"
+    return f"{name} ({metric} {'n/a' if value is None else f'{value:.3f}'})"
+
+
+def roc_png(curves: Mapping[str, Curve], title: str = "ROC") -> bytes:
+    """ROC curves, one line per name (e.g. "pooled", "40X"), with their AUCs and the chance line."""
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
+    for name, (fpr, tpr, auc) in curves.items():
+        fpr, tpr = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
+        axes.plot(fpr, tpr, linewidth=1.5, label=_legend_label(name, "AUC", auc, fpr.size))
+    axes.set(xlim=(0, 1), ylim=(0, 1.02), title=title)
+    axes.set_xlabel("False positive rate (1 - specificity)")
+    axes.set_ylabel("True positive rate (sensitivity)")
+    axes.legend(loc="lower right", fontsize="small")
+    axes.grid(alpha=0.3)
+    return _to_png(figure)
+
+
+def pr_png(
+    curves: Mapping[str, Curve], prevalence: float | None = None, title: str = "Precision-recall"
+) -> bytes:
+    """Precision-recall curves with their average precision and, if given, the no-skill line."""
+    figure, axes = plt.subplots(figsize=(5, 5))
+    for name, (recall, precision, ap) in curves.items():
+        recall, precision = np.asarray(recall, dtype=float), np.asarray(precision, dtype=float)
+        order = np.argsort(recall, kind="stable")
+        # Recall ascending, "steps-pre" draws the step function average precision integrates.
+        axes.plot(
+            recall[order],
+            precision[order],
+            drawstyle="steps-pre",
+            linewidth=1.5,
+            label=_legend_label(name, "AP", ap, recall.size),
+        )
+    if prevalence is not None:
+        axes.axhline(
+            prevalence,
+            linestyle="--",
+            color="grey",
+            linewidth=1,
+            label=f"no skill ({prevalence:.2f})",
+        )
+    axes.set(xlim=(0, 1), ylim=(0, 1.02), title=title)
+    axes.set_xlabel("Recall (sensitivity)")
+    axes.set_ylabel("Precision")
+    axes.legend(loc="lower left", fontsize="small")
+    axes.grid(alpha=0.3)
+    return _to_png(figure)
+
+
+def confusion_matrix_png(
+    matrix: Sequence[Sequence[int]],
+    class_names: Sequence[str] = CLASS_NAMES,
+    title: str = "Confusion matrix",
+) -> bytes:
+    """Confusion matrix (rows true, columns predicted) with counts and row percentages."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    if counts.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"matrix shape {counts.shape} does not match {len(class_names)} classes")
+    totals = counts.sum(axis=1, keepdims=True)
+    # Row shares colour the cells so a rare class's errors are as visible as a common one's.
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    figure, axes = plt.subplots(figsize=(4.5, 4))
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for row in range(counts.shape[0]):
+        for col in range(counts.shape[1]):
+            text = f"{counts[row, col]}"
+            if totals[row, 0]:
+                text += f"\n({100 * shares[row, col]:.1f}%)"
+            colour = "white" if shares[row, col] > 0.5 else "black"
+            axes.text(col, row, text, ha="center", va="center", color=colour)
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, labels=list(class_names))
+    axes.set_yticks(ticks, labels=list(class_names))
+    axes.set(xlabel="Predicted", ylabel="True", title=title)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of true class")
+    return _to_png(figure)
+
+
+def _panel_of(key: str) -> str | None:
+    base = key.removeprefix("val_")
+    for panel, _ in _PANELS:
+        if panel in base:
+            return panel
+    return None
+
+
+def training_curves_png(history: Mapping[str, object]) -> bytes:
+    """Loss, AUC and accuracy per epoch, train vs validation, with the fine-tuning start marked."""
+    figure, all_axes = plt.subplots(1, len(_PANELS), figsize=(13, 3.8))
+    boundary = history.get("phase_boundary")
+    for axes, (panel, heading) in zip(all_axes, _PANELS, strict=True):
+        plotted = 0
+        for key, values in history.items():
+            if not isinstance(values, (list, tuple, np.ndarray)) or _panel_of(key) != panel:
+                continue
+            values = np.asarray(values, dtype=float)
+            style = "--" if key.startswith("val_") else "-"
+            axes.plot(np.arange(values.size), values, style, marker=".", label=key)
+            plotted += 1
+        if isinstance(boundary, (int, np.integer)) and not isinstance(boundary, bool):
+            # phase_boundary is the index of the first fine-tuning epoch: mark the gap before it.
+            axes.axvline(boundary - 0.5, color="grey", linestyle=":", label="fine-tuning starts")
+        if not plotted:
+            axes.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=axes.transAxes)
+        axes.set(title=heading, xlabel="epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        if plotted:
+            axes.legend(fontsize="small")
+    figure.tight_layout()
+    return _to_png(figure)
+
+
+def exact_curves(y_true: Sequence[int], p: Sequence[float]) -> dict[str, tuple[np.ndarray, ...]]:
+    """{"roc": (fpr, tpr), "pr": (recall, precision)} from exact scores; empty when undefined."""
+    y = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    scores = np.asarray(p, dtype=np.float64).reshape(-1)
+    empty = (np.array([]), np.array([]))
+    n_pos = int(np.sum(y == 1))
+    result: dict[str, tuple[np.ndarray, ...]] = {"roc": empty, "pr": empty}
+    if n_pos and n_pos < y.size:
+        fpr, tpr, _ = roc_curve(y, scores)
+        result["roc"] = (fpr, tpr)
+    if n_pos:
+        precision, recall, _ = precision_recall_curve(y, scores)
+        # sklearn returns recall descending; ascending matches StreamingSummary.pr_curve.
+        result["pr"] = (recall[::-1], precision[::-1])
+    return result

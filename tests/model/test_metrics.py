@@ -1,0 +1,385 @@
+"""Tests for model.metrics: hand-computed values, undefined cases, streaming vs exact, reports."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from model.metrics import (
+    METRIC_NAMES,
+    N_BINS,
+    StreamingSummary,
+    binary_metrics,
+    choose_threshold,
+    evaluate,
+    majority_baseline,
+    majority_baseline_from_counts,
+    patient_recognition_rate,
+    patient_rows_from_records,
+    records_from_arrays,
+    report_from_summaries,
+)
+
+# Hand example, threshold 0.5 (p >= 0.5 -> malignant):
+#   benign    p = 0.1, 0.4, 0.6    -> predicted B, B, M   => tn = 2, fp = 1
+#   malignant p = 0.3, 0.7, 0.8, 0.9 -> predicted B, M, M, M => fn = 1, tp = 3
+# accuracy 5/7, sensitivity 3/4, specificity 2/3, balanced (3/4 + 2/3) / 2 = 17/24,
+# precision 3/4, f1 = 2*3 / (2*3 + 1 + 1) = 3/4.
+# ROC AUC: positive-over-negative pairs: 0.3 beats 1, 0.7/0.8/0.9 beat 3 each -> 10/12 = 5/6.
+# AP: ranked 0.9P 0.8P 0.7P 0.6N 0.4N 0.3P 0.1N -> precisions at positives 1, 1, 1, 4/6 -> 11/12.
+# Brier: (0.01 + 0.16 + 0.36 + 0.49 + 0.09 + 0.04 + 0.01) / 7 = 1.16 / 7.
+HAND_Y = [0, 0, 0, 1, 1, 1, 1]
+HAND_P = [0.1, 0.4, 0.6, 0.3, 0.7, 0.8, 0.9]
+HAND_KEYS = {*METRIC_NAMES, "n", "n_benign", "n_malignant", "confusion_matrix"}
+
+
+def _random_records(seed: int, n_patients: int = 12, images: int = 40) -> list[dict]:
+    """Patients with one label each, images at random magnifications, informative scores."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for index in range(n_patients):
+        label = int(index % 3 != 0)
+        for _ in range(rng.integers(5, images)):
+            p = float(np.clip(rng.normal(0.35 + 0.3 * label, 0.2), 0.0, 1.0))
+            magnification = str(rng.choice(["40X", "100X", "200X", "400X"]))
+            records.append(
+                {
+                    "label": label,
+                    "p_malignant": p,
+                    "patient_id": f"P{index}",
+                    "magnification": magnification,
+                }
+            )
+    return records
+
+
+def _streaming_parts(records: list[dict], threshold: float):
+    summaries: dict[str, StreamingSummary] = {}
+    for record in records:
+        for key in ("pooled", record["magnification"]):
+            summary = summaries.setdefault(key, StreamingSummary(threshold))
+            summary.add(record["label"], record["p_malignant"])
+    return summaries, patient_rows_from_records(records, threshold)
+
+
+def _assert_close(actual, expected, path="value"):
+    """Recursive equality with float tolerance for rounding-order differences only."""
+    if isinstance(expected, dict):
+        assert list(actual) == list(expected), path
+        for key in expected:
+            _assert_close(actual[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-12, abs=1e-12), path
+    else:
+        assert actual == expected, path
+
+
+def _assert_reports_agree(exact, streamed, path="report"):
+    assert isinstance(streamed, type(exact)) or exact is None or streamed is None, path
+    if isinstance(exact, dict):
+        assert list(exact) == list(streamed), path
+        for key in exact:
+            _assert_reports_agree(exact[key], streamed[key], f"{path}.{key}")
+    elif path.endswith(("roc_auc", "pr_auc")) and exact is not None:
+        assert streamed == pytest.approx(exact, abs=1e-3), path
+    elif path.endswith("brier") and exact is not None:
+        assert streamed == pytest.approx(exact, abs=1e-9), path
+    else:
+        assert streamed == exact, path
+
+
+def test_binary_metrics_match_hand_computed_values():
+    result = binary_metrics(HAND_Y, HAND_P, threshold=0.5)
+    assert set(result) == HAND_KEYS
+    assert result["confusion_matrix"] == [[2, 1], [1, 3]]
+    assert (result["n"], result["n_benign"], result["n_malignant"]) == (7, 3, 4)
+    assert result["accuracy"] == pytest.approx(5 / 7)
+    assert result["sensitivity"] == pytest.approx(3 / 4)
+    assert result["specificity"] == pytest.approx(2 / 3)
+    assert result["balanced_accuracy"] == pytest.approx(17 / 24)
+    assert result["precision"] == pytest.approx(3 / 4)
+    assert result["f1"] == pytest.approx(3 / 4)
+    assert result["roc_auc"] == pytest.approx(5 / 6)
+    assert result["pr_auc"] == pytest.approx(11 / 12)
+    assert result["brier"] == pytest.approx(1.16 / 7)
+
+
+def test_binary_metrics_values_are_plain_python_numbers():
+    result = binary_metrics(np.array(HAND_Y), np.array(HAND_P, dtype=np.float32), 0.5)
+    for name in METRIC_NAMES:
+        assert type(result[name]) is float, name
+    for name in ("n", "n_benign", "n_malignant"):
+        assert type(result[name]) is int, name
+    assert all(type(v) is int for row in result["confusion_matrix"] for v in row)
+
+
+def test_score_equal_to_threshold_is_predicted_malignant():
+    result = binary_metrics([0, 1], [0.5, 0.5], threshold=0.5)
+    assert result["confusion_matrix"] == [[0, 1], [0, 1]]
+    assert result["roc_auc"] == pytest.approx(0.5)  # one tied pair counts half
+
+
+def test_undefined_metrics_are_none_not_nan():
+    only_benign = binary_metrics([0, 0, 0], [0.1, 0.2, 0.3], threshold=0.5)
+    for name in ("sensitivity", "balanced_accuracy", "precision", "f1", "roc_auc", "pr_auc"):
+        assert only_benign[name] is None, name
+    assert only_benign["specificity"] == 1.0
+    assert only_benign["accuracy"] == 1.0
+
+    nothing_predicted_malignant = binary_metrics([0, 1], [0.1, 0.2], threshold=0.5)
+    assert nothing_predicted_malignant["precision"] is None
+    assert nothing_predicted_malignant["f1"] == 0.0
+    assert nothing_predicted_malignant["roc_auc"] == 1.0
+
+    empty = binary_metrics([], [], threshold=0.5)
+    assert all(empty[name] is None for name in METRIC_NAMES)
+    assert empty["n"] == 0 and empty["confusion_matrix"] == [[0, 0], [0, 0]]
+
+
+def test_binary_metrics_rejects_mismatched_or_bad_input():
+    with pytest.raises(ValueError, match="labels"):
+        binary_metrics([0, 1], [0.5], 0.5)
+    with pytest.raises(ValueError, match="0 \\(benign\\)"):
+        binary_metrics([0, 2], [0.5, 0.5], 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        binary_metrics([0, 1], [0.5, float("nan")], 0.5)
+
+
+def test_patient_recognition_rate_averages_patients_not_images():
+    # Patient A: 3 of 4 images right; patient B: 1 of 2 -> (3/4 + 1/2) / 2 = 0.625,
+    # whereas the image accuracy would be 4/6.
+    ids = ["A", "A", "A", "A", "B", "B"]
+    y_true = [1, 1, 1, 1, 0, 0]
+    y_pred = [1, 1, 1, 0, 0, 1]
+    assert patient_recognition_rate(ids, y_true, y_pred) == pytest.approx(0.625)
+    assert patient_recognition_rate([], [], []) is None
+
+
+def test_majority_baseline_predicts_the_majority_class_with_constant_score():
+    # y = M M M B, always malignant with p = 1.0: cm [[0, 1], [0, 3]], accuracy 3/4,
+    # sensitivity 1, specificity 0, precision 3/4, f1 6/7, ROC AUC 0.5 (all tied),
+    # AP = prevalence 3/4, Brier: the benign image is off by 1 -> 1/4.
+    result = majority_baseline([1, 1, 1, 0])
+    assert result["predicts"] == "malignant"
+    assert result["confusion_matrix"] == [[0, 1], [0, 3]]
+    assert result["accuracy"] == pytest.approx(0.75)
+    assert result["sensitivity"] == 1.0 and result["specificity"] == 0.0
+    assert result["f1"] == pytest.approx(6 / 7)
+    assert result["roc_auc"] == 0.5
+    assert result["pr_auc"] == pytest.approx(0.75)
+    assert result["brier"] == pytest.approx(0.25)
+
+    benign = majority_baseline([0, 0, 1])
+    assert benign["predicts"] == "benign"
+    assert benign["confusion_matrix"] == [[2, 0], [1, 0]]
+    assert benign["precision"] is None
+    assert benign["brier"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("y", [[1, 1, 1, 0], [0, 0, 1], [0, 0], [1], [0, 1, 0, 1, 1, 0, 0]])
+def test_majority_baseline_from_counts_equals_exact_metrics_of_constant_scores(y):
+    baseline = majority_baseline(y)
+    constant = 1.0 if baseline["predicts"] == "malignant" else 0.0
+    exact = binary_metrics(y, [constant] * len(y), threshold=0.5)
+    _assert_close({k: v for k, v in baseline.items() if k != "predicts"}, exact)
+    assert baseline == majority_baseline_from_counts(y.count(0), y.count(1))
+
+
+def test_choose_threshold_maximises_youden_j_on_separable_scores():
+    threshold, rule = choose_threshold([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9])
+    # Only the cut at 0.7 gives sensitivity 1 and specificity 1.
+    assert threshold == pytest.approx(0.7)
+    assert "Youden" in rule
+    result = binary_metrics([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9], threshold)
+    assert result["sensitivity"] == 1.0 and result["specificity"] == 1.0
+
+
+def test_choose_threshold_breaks_ties_towards_one_half():
+    # Cuts 0.9 (sens 1/2, spec 1) and 0.2 (sens 1, spec 1/2) both give J = 1/2; 0.2 is nearer 0.5.
+    threshold, _ = choose_threshold([0, 1, 0, 1], [0.1, 0.2, 0.8, 0.9])
+    assert threshold == pytest.approx(0.2)
+
+
+def test_choose_threshold_falls_back_to_one_half_with_one_class_or_no_data():
+    threshold, rule = choose_threshold([1, 1, 1], [0.2, 0.6, 0.9])
+    assert threshold == 0.5 and "only malignant" in rule
+    threshold, rule = choose_threshold([], [])
+    assert threshold == 0.5 and "No validation" in rule
+
+
+def test_choose_threshold_stays_in_unit_interval():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    threshold, _ = choose_threshold(y, rng.random(200))
+    assert 0.0 <= threshold <= 1.0
+
+
+def test_streaming_summary_matches_hand_example_exactly():
+    summary = StreamingSummary(0.5)
+    for label, p in zip(HAND_Y, HAND_P, strict=True):
+        summary.add(label, p)
+    result = summary.metrics()
+    _assert_close(result, binary_metrics(HAND_Y, HAND_P, 0.5))
+    assert result["roc_auc"] == pytest.approx(5 / 6)
+    assert result["pr_auc"] == pytest.approx(11 / 12)
+
+
+def test_streaming_summary_puts_extreme_scores_in_end_bins():
+    summary = StreamingSummary(0.5).add(1, 1.0).add(0, 0.0)
+    assert summary.positive_counts[N_BINS - 1] == 1 and summary.positive_counts.sum() == 1
+    assert summary.negative_counts[0] == 1 and summary.negative_counts.sum() == 1
+    assert summary.positive_counts.shape == (N_BINS,) and summary.positive_counts.dtype == np.int64
+
+
+def test_streaming_metrics_agree_with_exact_metrics_on_random_data():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 3000)
+    p = np.clip(rng.normal(0.4 + 0.25 * y, 0.2), 0.0, 1.0)
+    threshold = 0.45
+    summary = StreamingSummary(threshold)
+    for label, score in zip(y, p, strict=True):
+        summary.add(label, score)
+    streamed, exact = summary.metrics(), binary_metrics(y, p, threshold)
+    assert set(streamed) == set(exact)
+    for name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1"):
+        assert streamed[name] == exact[name], name
+    assert streamed["confusion_matrix"] == exact["confusion_matrix"]
+    assert streamed["roc_auc"] == pytest.approx(exact["roc_auc"], abs=1e-3)
+    assert streamed["pr_auc"] == pytest.approx(exact["pr_auc"], abs=1e-3)
+    assert streamed["brier"] == pytest.approx(exact["brier"], abs=1e-9)
+
+
+def test_add_batch_equals_adding_one_by_one():
+    rng = np.random.default_rng(11)
+    y, p = rng.integers(0, 2, 300), rng.random(300)
+    one_by_one = StreamingSummary(0.3)
+    for label, score in zip(y, p, strict=True):
+        one_by_one.add(label, score)
+    batched = StreamingSummary(0.3).add_batch(y, p)
+    _assert_close(batched.to_dict(), one_by_one.to_dict())
+
+
+def test_merged_summaries_equal_one_summary_of_everything():
+    rng = np.random.default_rng(5)
+    y, p = rng.integers(0, 2, 500), rng.random(500)
+    whole = StreamingSummary(0.5).add_batch(y, p)
+    parts = [StreamingSummary(0.5).add_batch(y[a:b], p[a:b]) for a, b in ((0, 120), (120, 121))]
+    parts.append(StreamingSummary(0.5).add_batch(y[121:], p[121:]))
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert np.array_equal(merged.positive_counts, whole.positive_counts)
+    assert np.array_equal(merged.negative_counts, whole.negative_counts)
+    assert (merged.tp, merged.fp, merged.tn, merged.fn) == (whole.tp, whole.fp, whole.tn, whole.fn)
+    assert merged.brier_sum == pytest.approx(whole.brier_sum, abs=1e-9)
+    _assert_close(merged.metrics(), whole.metrics())
+
+
+def test_merging_summaries_of_different_thresholds_fails():
+    with pytest.raises(ValueError, match="threshold"):
+        StreamingSummary(0.5).merge(StreamingSummary(0.4))
+
+
+def test_streaming_summary_survives_pickle_and_json_round_trips():
+    rng = np.random.default_rng(2)
+    summary = StreamingSummary(0.6).add_batch(rng.integers(0, 2, 50), rng.random(50))
+    unpickled = pickle.loads(pickle.dumps(summary))
+    assert unpickled.metrics() == summary.metrics()
+    restored = StreamingSummary.from_dict(json.loads(json.dumps(summary.to_dict())))
+    assert np.array_equal(restored.positive_counts, summary.positive_counts)
+    assert restored.to_dict() == summary.to_dict()
+
+
+def test_streaming_curves_run_from_origin_to_corner():
+    rng = np.random.default_rng(4)
+    summary = StreamingSummary(0.5).add_batch(rng.integers(0, 2, 200), rng.random(200))
+    fpr, tpr = summary.roc_curve()
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    recall, precision = summary.pr_curve()
+    assert (recall[0], precision[0], recall[-1]) == (0.0, 1.0, 1.0)
+    assert precision[-1] == pytest.approx(summary.positive_counts.sum() / 200)
+    one_class = StreamingSummary(0.5).add(0, 0.3)
+    assert one_class.roc_curve()[0].size == 0 and one_class.pr_curve()[0].size == 0
+
+
+def test_evaluate_builds_image_and_patient_level_report_by_hand():
+    # Patient A (malignant): 40X p 0.9, 0.2; 400X p 0.8, 0.7 -> 3/4 images right, mean p 0.65.
+    # Patient B (benign): 40X p 0.6, 0.3 -> 1/2 right, mean p 0.45.
+    records = records_from_arrays(
+        labels=[1, 1, 1, 1, 0, 0],
+        p_malignant=[0.9, 0.2, 0.8, 0.7, 0.6, 0.3],
+        patient_ids=["A"] * 4 + ["B"] * 2,
+        magnifications=["40X", "40X", "400X", "400X", "40X", "40X"],
+    )
+    report = evaluate(records, threshold=0.5)
+    assert report["threshold"] == 0.5
+    image = report["image_level"]
+    assert image["pooled"]["confusion_matrix"] == [[1, 1], [1, 3]]
+    assert image["pooled"]["patient_recognition_rate"] == pytest.approx(0.625)
+    assert list(image["by_magnification"]) == ["40X", "400X"]
+    assert image["by_magnification"]["400X"]["confusion_matrix"] == [[0, 0], [0, 2]]
+    assert image["by_magnification"]["40X"]["patient_recognition_rate"] == pytest.approx(0.5)
+    # Patients as samples: A 0.65 -> malignant (right), B 0.45 -> benign (right).
+    patient = report["patient_level"]
+    assert patient["pooled"]["confusion_matrix"] == [[1, 0], [0, 1]]
+    assert "patient_recognition_rate" not in patient["pooled"]
+    # At 40X, A's mean is 0.55 (right) and B's 0.45 (right); at 400X only A.
+    assert patient["by_magnification"]["40X"]["confusion_matrix"] == [[1, 0], [0, 1]]
+    assert patient["by_magnification"]["400X"]["n"] == 1
+    assert patient["by_magnification"]["400X"]["roc_auc"] is None
+    baseline = report["baseline"]
+    assert baseline["image_level"]["pooled"]["predicts"] == "malignant"
+    assert baseline["image_level"]["pooled"]["accuracy"] == pytest.approx(4 / 6)
+    assert baseline["patient_level"]["pooled"]["accuracy"] == pytest.approx(0.5)
+    assert report["counts"] == {
+        "images": 6,
+        "patients": 2,
+        "by_magnification": {
+            "40X": {"images": 4, "patients": 2},
+            "400X": {"images": 2, "patients": 1},
+        },
+    }
+
+
+def test_evaluate_uses_majority_label_for_a_patient_with_mixed_labels():
+    records = records_from_arrays([1, 1, 0], [0.9, 0.8, 0.7], ["A", "A", "A"], ["40X"] * 3)
+    report = evaluate(records, threshold=0.5)
+    assert report["patient_level"]["pooled"]["n_malignant"] == 1
+    assert report["image_level"]["pooled"]["n_benign"] == 1
+
+
+def test_evaluate_output_is_strict_json():
+    records = _random_records(seed=1)
+    # A magnification with only benign images leaves AUCs undefined there.
+    records.append({"label": 0, "p_malignant": 0.2, "patient_id": "P0", "magnification": "999X"})
+    report = evaluate(records, threshold=0.5)
+    text = json.dumps(report, allow_nan=False)
+    assert json.loads(text) == report
+    assert report["image_level"]["by_magnification"]["999X"]["roc_auc"] is None
+    assert list(report["image_level"]["by_magnification"]) == [
+        "40X",
+        "100X",
+        "200X",
+        "400X",
+        "999X",
+    ]
+
+
+def test_report_from_summaries_agrees_with_evaluate():
+    records = _random_records(seed=9)
+    threshold = 0.47
+    summaries, rows = _streaming_parts(records, threshold)
+    exact = evaluate(records, threshold)
+    streamed = report_from_summaries(summaries, rows, threshold)
+    _assert_reports_agree(exact, streamed)
+    json.dumps(streamed, allow_nan=False)
+    # The comparison must have had something to compare.
+    assert exact["image_level"]["pooled"]["roc_auc"] is not None
+    assert len(exact["image_level"]["by_magnification"]) == 4
+
+
+def test_report_from_summaries_rejects_a_summary_at_another_threshold():
+    with pytest.raises(ValueError, match="threshold"):
+        report_from_summaries({"pooled": StreamingSummary(0.4)}, [], threshold=0.5)

@@ -1,0 +1,132 @@
+"""Discovery and specimen-disjoint splitting of BreakHis images."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import shutil
+
+import pytest
+
+from model.naming import parse_breakhis_name
+from train_job import data
+
+
+def _images(specimens_per_class: int = 8, sections: bool = True) -> list[data.LabeledImage]:
+    """Synthetic LabeledImages: several images per slide; some specimens have two sections."""
+    images = []
+    for label, code, first in (("B", "F", 1000), ("M", "DC", 2000)):
+        for index in range(specimens_per_class):
+            slides = ["AB", "CD"] if sections and index % 3 == 0 else [""]
+            for suffix in slides:
+                for seq in range(1 + index % 4):
+                    name = f"SOB_{label}_{code}-14-{first + index}{suffix}-100-{seq + 1:03d}.png"
+                    images.append(data.LabeledImage(f"/d/{name}", parse_breakhis_name(name)))
+    return images
+
+
+def test_split_never_shares_a_specimen_across_sides():
+    images = _images()
+    assignment = data.split_by_specimen(images, 0.2, 0.2, seed=3)
+    rows = data.split_rows(images, assignment)
+    sides = collections.defaultdict(set)
+    for row in rows:
+        sides[row["specimen"]].add(row["split"])
+        sides[row["slide_id"]].add(row["split"])
+    assert all(len(splits) == 1 for splits in sides.values())
+    # Two-section specimens exist, so slide-level splitting alone would not have been enough.
+    assert any(row["slide_id"].endswith("AB") for row in rows)
+
+
+def test_split_is_stratified_every_side_has_both_classes():
+    rows = data.split_rows(_images(), data.split_by_specimen(_images(), 0.2, 0.2, seed=1))
+    for split in data.SPLITS:
+        labels = {row["label"] for row in rows if row["split"] == split}
+        assert labels == {"benign", "malignant"}, split
+
+
+def test_split_is_deterministic_for_a_seed_and_changes_with_it():
+    images = _images(12)
+    first = data.split_by_specimen(images, 0.2, 0.2, seed=5)
+    assert first == data.split_by_specimen(images, 0.2, 0.2, seed=5)
+    assert any(data.split_by_specimen(images, 0.2, 0.2, seed=s) != first for s in range(6, 10))
+
+
+def test_split_needs_three_specimens_per_class():
+    images = [image for image in _images(2, sections=False)]
+    with pytest.raises(data.DataError, match="at least 3 benign"):
+        data.split_by_specimen(images)
+
+
+def test_folds_cover_every_specimen_exactly_once_and_never_leak():
+    images = _images(10)
+    folds = data.fold_of_each_specimen(images, folds=4, seed=2)
+    specimens = {image.info.specimen for image in images}
+    assert set(folds) == specimens
+    assert all(len(hit) == 1 for hit in folds.values())
+    for fold in range(4):
+        assignment = data.fold_by_specimen(images, 4, fold, seed=2)
+        data.split_rows(images, assignment)  # raises on a leak
+        counts = collections.Counter(assignment.values())
+        assert counts["test"] and counts["validation"] and counts["train"]
+
+
+def test_folds_reject_a_fold_out_of_range():
+    with pytest.raises(data.DataError):
+        data.fold_by_specimen(_images(), folds=3, fold=3)
+
+
+def test_a_specimen_on_two_sides_is_refused():
+    images = _images(4, sections=True)
+    rows = data.split_rows(images, data.split_by_specimen(images, seed=0))
+    # Forge a leak: move one section of a two-section specimen to another side.
+    section = next(row for row in rows if row["slide_id"].endswith("CD"))
+    section["split"] = next(s for s in data.SPLITS if s != section["split"])
+    with pytest.raises(data.DataError, match="more than one side"):
+        data.assert_specimen_disjoint(rows)
+
+
+def test_split_csv_has_the_documented_columns():
+    images = _images()
+    rows = data.split_rows(images, data.split_by_specimen(images))
+    parsed = list(csv.DictReader(io.StringIO(data.split_csv_text(rows))))
+    assert tuple(parsed[0]) == data.SPLIT_CSV_COLUMNS
+    assert len(parsed) == len(images)
+
+
+def test_discovery_reads_the_layout_and_reports_unparsed_names(synthetic_data_dir, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, root)
+    (root / "notes.txt").write_text("not an image")
+    (root / "scan_0001.png").write_bytes(b"whatever")
+    found = data.discover_images(str(root))
+    assert found.unparsed == [str(root / "scan_0001.png")]
+    assert len(found.images) == 5 * 2 * 2 * 3
+    only_40x = data.discover_images(str(root), ("40X",))
+    assert {image.info.magnification for image in only_40x.images} == {"40X"}
+    assert only_40x.skipped_magnification == len(found.images) // 2
+
+
+def test_discovery_reads_a_flat_folder(synthetic_data_dir, tmp_path):
+    for path in synthetic_data_dir.rglob("*.png"):
+        shutil.copy(path, tmp_path / path.name)
+    found = data.discover_images(str(tmp_path))
+    assert len(found.images) == 60 and not found.unparsed
+
+
+def test_discovery_fails_clearly_without_images(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(data.DataError, match="no BreakHis images"):
+        data.discover_images(str(tmp_path))
+    with pytest.raises(data.DataError, match="unknown magnification"):
+        data.discover_images(str(tmp_path), ("50X",))
+
+
+def test_summary_counts_images_and_patients():
+    images = _images()
+    rows = data.split_rows(images, data.split_by_specimen(images))
+    summary = data.summarize_split(rows)
+    assert sum(c["images"] for split in summary.values() for c in split.values()) == len(images)
+    patients = {image.info.slide_id for image in images}
+    assert sum(c["patients"] for split in summary.values() for c in split.values()) == len(patients)

@@ -1,0 +1,225 @@
+"""The real train() on tiny synthetic data: export, evaluation, resume, distribution, gs://."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model import storage
+from model.model_card import load_exported_model, read_model_card
+from model.preprocessing import preprocess_image
+from train_job.callbacks import TrainingInterrupted
+from train_job.config import TrainConfig
+from train_job.train import train
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config(data_dir, output_dir, **overrides) -> TrainConfig:
+    """32x32 input, random init, a couple of epochs: seconds, not minutes."""
+    values = dict(
+        data_dir=str(data_dir),
+        output_dir=str(output_dir),
+        image_size=32,
+        weights="none",
+        batch_size=8,
+        dense_units=16,
+        epochs=2,
+        fine_tune_epochs=1,
+        fine_tune_from="block5",
+        val_fraction=0.2,
+        test_fraction=0.2,
+        patience=10,
+        seed=1,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_data_dir, tmp_path_factory):
+    """One training run shared by the export tests."""
+    output_dir = tmp_path_factory.mktemp("export")
+    result = train(tiny_config(synthetic_data_dir, output_dir))
+    return result, output_dir
+
+
+def test_train_exports_a_reloadable_model_with_its_card(trained):
+    result, output_dir = trained
+    for name in (
+        "model.keras",
+        "model_card.json",
+        "metrics.json",
+        "split.csv",
+        "plots/roc.png",
+        "plots/pr.png",
+        "plots/confusion_matrix.png",
+        "plots/training_curves.png",
+        "saved_model/saved_model.pb",
+    ):
+        assert (output_dir / name).is_file(), name
+    model, card = load_exported_model(str(output_dir))
+    assert card.image_size == 32 and card.class_names == ["benign", "malignant"]
+    assert card.threshold == pytest.approx(result.threshold) and 0 <= card.threshold <= 1
+    assert card.last_conv_layer == "block5_conv3"
+    model.get_layer(card.last_conv_layer)
+    assert card.training_config["replicas"] == 1 and card.training_config["global_batch_size"] == 8
+    assert card.test_metrics == json.loads((output_dir / "metrics.json").read_text())
+    assert set(card.versions) >= {"tensorflow", "keras", "apache_beam"}
+    # The reloaded model scores exactly like the trained one did on the test split.
+    rows = [r for r in csv.DictReader(open(output_dir / "split.csv")) if r["split"] == "test"]
+    batch = np.stack([preprocess_image(open(r["image_path"], "rb").read(), 32) for r in rows])
+    reloaded = model.predict(batch, verbose=0).ravel()
+    labels = np.array([r["label"] == "malignant" for r in rows], int)
+    predicted = (reloaded >= card.threshold).astype(int)
+    pooled = card.test_metrics["image_level"]["pooled"]
+    assert pooled["n"] == len(rows)
+    assert pooled["accuracy"] == pytest.approx(float(np.mean(predicted == labels)), abs=1e-6)
+
+
+def test_saved_model_signature_takes_rgb_images(trained):
+    import tensorflow as tf
+
+    _, output_dir = trained
+    model, _ = load_exported_model(str(output_dir))
+    loaded = tf.saved_model.load(str(output_dir / "saved_model"))
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    served = loaded.signatures["serving_default"](images=tf.constant(images))["p_malignant"]
+    from model.preprocessing import normalize
+
+    expected = model.predict(normalize(images), verbose=0).ravel()
+    np.testing.assert_allclose(served.numpy(), expected, atol=1e-5)
+
+
+def test_split_csv_keeps_specimens_on_one_side_and_covers_all_images(trained, synthetic_data_dir):
+    _, output_dir = trained
+    rows = list(csv.DictReader(open(output_dir / "split.csv")))
+    assert len(rows) == len(list(synthetic_data_dir.rglob("*.png")))
+    sides: dict[str, set] = {}
+    for row in rows:
+        sides.setdefault(row["specimen"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in sides.values())
+    assert {row["split"] for row in rows} == {"train", "validation", "test"}
+
+
+def test_metrics_report_patient_level_and_baseline(trained):
+    _, output_dir = trained
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert set(metrics["image_level"]["by_magnification"]) == {"40X", "100X"}
+    assert metrics["patient_level"]["pooled"]["n"] == metrics["counts"]["patients"]
+    baseline = metrics["baseline"]["image_level"]["pooled"]
+    n_benign = metrics["image_level"]["pooled"]["n_benign"]
+    n_malignant = metrics["image_level"]["pooled"]["n_malignant"]
+    assert baseline["accuracy"] == pytest.approx(
+        max(n_benign, n_malignant) / (n_benign + n_malignant)
+    )
+
+
+def test_history_has_both_phases(trained):
+    result, _ = trained
+    assert result.epochs_run == {"phase1": 2, "phase2": 1}
+    assert len(result.history["loss"]) == 3 and result.history["phase_boundary"] == 2
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(synthetic_data_dir, tmp_path):
+    config = tiny_config(synthetic_data_dir, tmp_path, epochs=2, fine_tune_epochs=2)
+    with pytest.raises(TrainingInterrupted):
+        train(TrainConfig(**{**config.__dict__, "stop_after_epochs": 3}))
+    assert not (tmp_path / "model.keras").exists()
+    result = train(config)
+    # Phase 1 finished before the interruption; phase 2 had done one of its two epochs.
+    assert result.epochs_run == {"phase1": 0, "phase2": 1}
+    assert (tmp_path / "model.keras").is_file()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_mirrored_strategy_over_two_cpu_devices(synthetic_data_dir, tmp_path):
+    script = f"""
+import json, sys
+sys.path.insert(0, {REPO_ROOT!r})
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tests.train_job.test_train import tiny_config
+from train_job.train import train
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+result = train(tiny_config({str(synthetic_data_dir)!r}, {str(tmp_path)!r}, epochs=1,
+                           fine_tune_epochs=0), strategy=strategy)
+print("RESULT", json.dumps({{"replicas": result.replicas}}))
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(x for x in completed.stdout.splitlines() if x.startswith("RESULT"))
+    assert json.loads(line.split(" ", 1)[1])["replicas"] == 2
+    card = read_model_card(str(tmp_path))
+    assert card.training_config["replicas"] == 2
+    assert card.training_config["global_batch_size"] == 16
+    assert card.training_config["effective_learning_rate"] == pytest.approx(2e-3)
+
+
+def test_train_reads_and_writes_gs_paths(gcs_emulator, synthetic_data_dir):
+    data_dir = f"{gcs_emulator}/train-data"
+    storage.upload_dir(str(synthetic_data_dir), data_dir)
+    output_dir = f"{gcs_emulator}/train-export"
+    train(tiny_config(data_dir, output_dir, epochs=1, fine_tune_epochs=0))
+    written = set(storage.list_files(output_dir))
+    for name in ("model.keras", "model_card.json", "metrics.json", "split.csv", "plots/roc.png"):
+        assert f"{output_dir}/{name}" in written, name
+    assert not any("/checkpoints/" in path for path in written)
+    model, card = load_exported_model(output_dir)
+    assert model.output_shape == (None, 1)
+    split = storage.read_text(f"{output_dir}/split.csv").splitlines()
+    assert split[1].split(",")[0].startswith(f"{data_dir}/")
+
+
+def test_main_help_lists_every_flag_with_defaults():
+    completed = subprocess.run(
+        [sys.executable, "train_job/main.py", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert completed.returncode == 0
+    for flag in (
+        "--data_dir",
+        "--output_dir",
+        "--magnifications",
+        "--weights",
+        "--folds",
+        "--fine_tune_from",
+        "--mixed_precision",
+        "--batch_size",
+    ):
+        assert flag in completed.stdout
+    assert "(default: 128)" in completed.stdout
+
+
+def test_main_exits_with_one_clear_line_for_a_folder_without_images(tmp_path):
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "train_job/main.py",
+            "--data_dir",
+            str(tmp_path),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--weights",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert completed.returncode == 2
+    assert "no BreakHis images" in completed.stderr
+    assert "Traceback" not in completed.stderr

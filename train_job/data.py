@@ -1,0 +1,237 @@
+"""Find BreakHis images and split them train / validation / test with no specimen on two sides.
+
+Images of one patient look alike, so a random image split leaks. Every split here is made of
+whole specimens (a slide id without its section letters, so every section of one specimen and
+hence every patient stays on one side), stratified by class and reproducible from a seed.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import logging
+import random
+from collections.abc import Iterable, Sequence
+
+from model import storage
+from model.constants import CLASS_NAMES, MAGNIFICATIONS
+from model.naming import ImageInfo, is_image_file, parse_breakhis_name
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+SPLIT_CSV_COLUMNS = ("image_path", "split", "label", "slide_id", "specimen", "magnification")
+
+
+class DataError(ValueError):
+    """The data cannot be used as asked; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledImage:
+    """An image file and what its BreakHis name says."""
+
+    path: str
+    info: ImageInfo
+
+
+@dataclasses.dataclass
+class Discovery:
+    """The images found under a data folder, and the image files whose names did not parse."""
+
+    images: list[LabeledImage]
+    unparsed: list[str]
+    skipped_magnification: int = 0
+
+
+def discover_images(data_dir: str, magnifications: Sequence[str] = MAGNIFICATIONS) -> Discovery:
+    """Every image below data_dir (BreakHis layout or flat), parsed; unparsable names set aside."""
+    unknown = sorted(set(magnifications) - set(MAGNIFICATIONS))
+    if unknown:
+        raise DataError(f"unknown magnification(s) {unknown}; choose from {list(MAGNIFICATIONS)}")
+    paths = [path for path in storage.list_files(data_dir) if is_image_file(path)]
+    images, unparsed, skipped = [], [], 0
+    for path in paths:
+        info = parse_breakhis_name(path)
+        if info is None:
+            unparsed.append(path)
+        elif info.magnification not in magnifications:
+            skipped += 1
+        else:
+            images.append(LabeledImage(path, info))
+    if unparsed:
+        logger.warning(
+            "%d image file(s) under %s do not follow the BreakHis naming convention and are not "
+            "used (first: %s)",
+            len(unparsed),
+            data_dir,
+            unparsed[0],
+        )
+    if not images:
+        raise DataError(
+            f"no BreakHis images for magnifications {list(magnifications)} under {data_dir} "
+            f"({len(paths)} image files found, {len(unparsed)} with unparsable names)"
+        )
+    return Discovery(images, unparsed, skipped)
+
+
+def _specimens_by_class(images: Iterable[LabeledImage]) -> dict[str, dict[str, int]]:
+    """class name -> {specimen: image count}; a specimen's class is its images' majority label."""
+    labels: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for image in images:
+        labels[image.info.specimen][image.info.label] += 1
+    by_class: dict[str, dict[str, int]] = {name: {} for name in CLASS_NAMES}
+    for specimen, counts in sorted(labels.items()):
+        by_class[counts.most_common(1)[0][0]][specimen] = sum(counts.values())
+    return by_class
+
+
+def _take_until(
+    specimens: list[str], counts: dict[str, int], fraction: float, total: int, keep: int
+) -> list[str]:
+    """Pop specimens off the front until they hold `fraction` of `total` images (at least one),
+    leaving at least `keep` behind."""
+    taken: list[str] = []
+    target = fraction * total
+    while len(specimens) > keep and (not taken or sum(counts[s] for s in taken) < target):
+        taken.append(specimens.pop(0))
+    return taken
+
+
+def _require_specimens(by_class: dict[str, dict[str, int]], needed: int, what: str) -> None:
+    for name, specimens in by_class.items():
+        if len(specimens) < needed:
+            raise DataError(
+                f"{what} needs at least {needed} {name} specimens (patients), found "
+                f"{len(specimens)}; add data or change the split"
+            )
+
+
+def split_by_specimen(
+    images: Sequence[LabeledImage],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    seed: int = 42,
+) -> dict[str, str]:
+    """specimen -> split, stratified by class, with image shares near the fractions."""
+    by_class = _specimens_by_class(images)
+    _require_specimens(by_class, 3, "a train/validation/test split")
+    rng = random.Random(seed)
+    assignment: dict[str, str] = {}
+    for counts in by_class.values():
+        order = sorted(counts)
+        rng.shuffle(order)
+        total = sum(counts.values())
+        for specimen in _take_until(order, counts, test_fraction, total, keep=2):
+            assignment[specimen] = "test"
+        for specimen in _take_until(order, counts, val_fraction, total, keep=1):
+            assignment[specimen] = "validation"
+        for specimen in order:
+            assignment[specimen] = "train"
+    return assignment
+
+
+def fold_by_specimen(
+    images: Sequence[LabeledImage],
+    folds: int,
+    fold: int,
+    val_fraction: float = 0.15,
+    seed: int = 42,
+) -> dict[str, str]:
+    """specimen -> split for K-fold cross-validation: fold `fold` is the test set.
+
+    Specimens of each class are dealt to the fold holding the fewest images so far (largest
+    first, ties in seeded random order), so folds are balanced in images and every specimen is
+    in exactly one fold. Validation specimens are then drawn from the other folds.
+    """
+    if folds < 2 or not 0 <= fold < folds:
+        raise DataError(f"--fold must be in [0, {folds}) and --folds at least 2")
+    by_class = _specimens_by_class(images)
+    _require_specimens(by_class, folds + 1, f"{folds}-fold cross-validation with a validation set")
+    rng = random.Random(seed)
+    assignment: dict[str, str] = {}
+    for counts in by_class.values():
+        order = sorted(counts)
+        rng.shuffle(order)
+        order.sort(key=lambda specimen: -counts[specimen])  # stable: ties keep the seeded order
+        fold_images = [0] * folds
+        fold_of: dict[str, int] = {}
+        for specimen in order:
+            target = min(range(folds), key=lambda index: (fold_images[index], index))
+            fold_of[specimen] = target
+            fold_images[target] += counts[specimen]
+        rest = [specimen for specimen in sorted(counts) if fold_of[specimen] != fold]
+        rng.shuffle(rest)
+        rest_total = sum(counts[specimen] for specimen in rest)
+        validation = set(_take_until(rest, counts, val_fraction, rest_total, keep=1))
+        for specimen, index in fold_of.items():
+            if index == fold:
+                assignment[specimen] = "test"
+            else:
+                assignment[specimen] = "validation" if specimen in validation else "train"
+    return assignment
+
+
+def fold_of_each_specimen(images: Sequence[LabeledImage], folds: int, seed: int = 42) -> dict:
+    """specimen -> the fold index whose test set holds it (for checking fold coverage)."""
+    result = {}
+    for fold in range(folds):
+        for specimen, split in fold_by_specimen(images, folds, fold, seed=seed).items():
+            if split == "test":
+                result.setdefault(specimen, []).append(fold)
+    return result
+
+
+def split_rows(images: Sequence[LabeledImage], assignment: dict[str, str]) -> list[dict]:
+    """One split.csv row per image; raises DataError if a specimen would be on two sides."""
+    rows = [
+        {
+            "image_path": image.path,
+            "split": assignment[image.info.specimen],
+            "label": image.info.label,
+            "slide_id": image.info.slide_id,
+            "specimen": image.info.specimen,
+            "magnification": image.info.magnification,
+        }
+        for image in sorted(images, key=lambda image: image.path)
+    ]
+    assert_specimen_disjoint(rows)
+    return rows
+
+
+def assert_specimen_disjoint(rows: Iterable[dict]) -> None:
+    """Raise DataError if any specimen (or slide) has images on more than one side."""
+    sides: dict[str, set[str]] = collections.defaultdict(set)
+    for row in rows:
+        sides[row["specimen"]].add(row["split"])
+        sides[row["slide_id"]].add(row["split"])
+    leaking = sorted(key for key, splits in sides.items() if len(splits) > 1)
+    if leaking:
+        raise DataError(f"specimens on more than one side of the split: {leaking}")
+
+
+def split_csv_text(rows: Sequence[dict]) -> str:
+    """split.csv content."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SPLIT_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def summarize_split(rows: Sequence[dict]) -> dict:
+    """Images and patients (slide ids) and specimens per split and class, for the model card."""
+    summary: dict = {}
+    for split in SPLITS:
+        in_split = [row for row in rows if row["split"] == split]
+        summary[split] = {
+            name: {
+                "images": sum(1 for row in in_split if row["label"] == name),
+                "patients": len({row["slide_id"] for row in in_split if row["label"] == name}),
+                "specimens": len({row["specimen"] for row in in_split if row["label"] == name}),
+            }
+            for name in CLASS_NAMES
+        }
+    return summary

@@ -1,0 +1,66 @@
+"""Evaluate the trained classifier on a split: predictions, metrics.json and plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model import plots
+from model.metrics import evaluate
+
+
+def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
+    """P(malignant) for every element of an unshuffled dataset, in order."""
+    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+
+
+def evaluation_report(rows: Sequence[dict], p_malignant: np.ndarray, threshold: float) -> dict:
+    """The metrics.json report for split.csv rows and their scores."""
+    records = [
+        {
+            "label": 1 if row["label"] == "malignant" else 0,
+            "p_malignant": float(p),
+            "patient_id": row["slide_id"],
+            "magnification": row["magnification"],
+        }
+        for row, p in zip(rows, p_malignant, strict=True)
+    ]
+    return evaluate(records, threshold)
+
+
+def plot_files(rows: Sequence[dict], p_malignant: np.ndarray, report: dict) -> dict[str, bytes]:
+    """PNG bytes of plots/roc.png, plots/pr.png and plots/confusion_matrix.png."""
+    labels = np.array([1 if row["label"] == "malignant" else 0 for row in rows])
+    magnifications = np.array([row["magnification"] for row in rows])
+    roc_curves, pr_curves = {}, {}
+    groups = {"pooled": np.ones(len(rows), bool)}
+    groups.update({mag: magnifications == mag for mag in report["image_level"]["by_magnification"]})
+    for name, mask in groups.items():
+        section = (
+            report["image_level"]["pooled"]
+            if name == "pooled"
+            else report["image_level"]["by_magnification"][name]
+        )
+        if len(set(labels[mask])) < 2:
+            continue
+        curves = plots.exact_curves(labels[mask], p_malignant[mask])
+        roc_curves[name] = (*curves["roc"], section["roc_auc"])
+        pr_curves[name] = (*curves["pr"], section["pr_auc"])
+    prevalence = float(labels.mean()) if len(labels) else None
+    return {
+        "plots/roc.png": plots.roc_png(roc_curves, title="ROC, test split"),
+        "plots/pr.png": plots.pr_png(pr_curves, prevalence, title="Precision-recall, test split"),
+        "plots/confusion_matrix.png": plots.confusion_matrix_png(
+            report["image_level"]["pooled"]["confusion_matrix"],
+            title="Confusion matrix, test split",
+        ),
+    }
+
+
+def report_json(report: dict) -> str:
+    """metrics.json text (strict JSON: undefined values are null)."""
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"
