@@ -88,15 +88,25 @@ def _specimens_by_class(images: Iterable[LabeledImage]) -> dict[str, dict[str, i
     return by_class
 
 
-def _take_until(
-    specimens: list[str], counts: dict[str, int], fraction: float, total: int, keep: int
-) -> list[str]:
-    """Pop specimens off the front until they hold `fraction` of `total` images (at least one),
-    leaving at least `keep` behind."""
+def _take_near(specimens: list[str], counts: dict[str, int], target: float, keep: int) -> list[str]:
+    """Remove and return specimens whose image total comes near `target`, leaving `keep` behind.
+
+    Walks the (shuffled) list and takes a specimen whenever it brings the total closer to the
+    target, so one large specimen does not overshoot the split; takes at least one specimen.
+    """
     taken: list[str] = []
-    target = fraction * total
-    while len(specimens) > keep and (not taken or sum(counts[s] for s in taken) < target):
-        taken.append(specimens.pop(0))
+    total = 0
+    for specimen in list(specimens):
+        if len(specimens) <= keep:
+            break
+        if abs(total + counts[specimen] - target) < abs(total - target):
+            specimens.remove(specimen)
+            taken.append(specimen)
+            total += counts[specimen]
+    if not taken and len(specimens) > keep:
+        smallest = min(specimens, key=lambda specimen: counts[specimen])
+        specimens.remove(smallest)
+        taken.append(smallest)
     return taken
 
 
@@ -124,9 +134,9 @@ def split_by_specimen(
         order = sorted(counts)
         rng.shuffle(order)
         total = sum(counts.values())
-        for specimen in _take_until(order, counts, test_fraction, total, keep=2):
+        for specimen in _take_near(order, counts, test_fraction * total, keep=2):
             assignment[specimen] = "test"
-        for specimen in _take_until(order, counts, val_fraction, total, keep=1):
+        for specimen in _take_near(order, counts, val_fraction * total, keep=1):
             assignment[specimen] = "validation"
         for specimen in order:
             assignment[specimen] = "train"
@@ -165,7 +175,7 @@ def fold_by_specimen(
         rest = [specimen for specimen in sorted(counts) if fold_of[specimen] != fold]
         rng.shuffle(rest)
         rest_total = sum(counts[specimen] for specimen in rest)
-        validation = set(_take_until(rest, counts, val_fraction, rest_total, keep=1))
+        validation = set(_take_near(rest, counts, val_fraction * rest_total, keep=1))
         for specimen, index in fold_of.items():
             if index == fold:
                 assignment[specimen] = "test"

@@ -275,6 +275,7 @@ def _fit_phase(config, model, datasets, name, epochs, checkpoint_dir, remote, do
         epochs=epochs,
         steps_per_epoch=config.steps_per_epoch,
         callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a dataset
         verbose=0,
     )
     return {key: [float(v) for v in values] for key, values in result.history.items()}

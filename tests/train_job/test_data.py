@@ -130,3 +130,18 @@ def test_summary_counts_images_and_patients():
     assert sum(c["images"] for split in summary.values() for c in split.values()) == len(images)
     patients = {image.info.slide_id for image in images}
     assert sum(c["patients"] for split in summary.values() for c in split.values()) == len(patients)
+
+
+def test_split_shares_stay_near_the_fractions_despite_one_huge_specimen():
+    images = _images(12)
+    # One benign specimen with as many images as all the others: taking it first would put
+    # half the benign images in the test split.
+    for seq in range(40):
+        name = f"SOB_B_F-14-999-100-{seq + 1:03d}.png"
+        images.append(data.LabeledImage(f"/d/{name}", parse_breakhis_name(name)))
+    for seed in range(5):
+        rows = data.split_rows(images, data.split_by_specimen(images, 0.15, 0.2, seed=seed))
+        for label in ("benign", "malignant"):
+            of_class = [row for row in rows if row["label"] == label]
+            test_share = sum(row["split"] == "test" for row in of_class) / len(of_class)
+            assert 0.1 <= test_share <= 0.3, (seed, label, test_share)
