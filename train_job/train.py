@@ -29,6 +29,7 @@ from train_job.dataset import class_weights_for, make_dataset
 from train_job.distribute import choose_strategy, is_chief
 from train_job.evaluation import evaluation_report, plot_files, predict, report_json
 from train_job.export import write_export
+from train_job.report import write_training_report
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +243,8 @@ def _fit_two_phases(config, strategy, model, datasets, checkpoint_dir, remote):
         epochs_run[name] = len(phase_history.get("loss", []))
         if name == "phase1":
             history = phase_history
-            history["phase_boundary"] = len(phase_history.get("loss", []))
+            if fine_tune:  # where the training-curves plot marks the start of fine-tuning
+                history["phase_boundary"] = len(phase_history.get("loss", []))
             model.save_weights(phase1_weights)
             with open(os.path.join(checkpoint_dir, PHASE1_HISTORY), "w", encoding="utf-8") as f:
                 json.dump(history, f)
@@ -379,3 +381,40 @@ def _write_outputs(
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     write_export(model, card, work_dir)
+    splits = card.data_summary["splits"]
+    summary = {
+        "model_id": card.model_id,
+        "data_dir": config.data_dir,
+        "images_used": len(rows),
+        "unparsed_files": len(discovery.unparsed),
+        **{
+            f"{split}_images": sum(c["images"] for c in classes.values())
+            for split, classes in splits.items()
+        },
+        **{
+            f"{split}_patients": sum(c["patients"] for c in classes.values())
+            for split, classes in splits.items()
+        },
+        "weights": config.weights,
+        "replicas": replicas,
+        "threshold": round(float(threshold), 4),
+    }
+    notes = [
+        "Figures are for the held-out test split; train, validation and test share no "
+        "specimen (slide id without section letters), so no patient is on two sides.",
+        f"Decision threshold {threshold:.4f}: {threshold_rule}",
+    ]
+    if config.weights.lower() == "none":
+        notes.append("Trained without ImageNet weights (random initialisation).")
+    write_training_report(
+        work_dir,
+        model,
+        config.image_size,
+        threshold,
+        by_split["test"],
+        test_p,
+        report,
+        discovery.unparsed,
+        summary,
+        notes,
+    )

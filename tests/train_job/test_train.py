@@ -223,3 +223,19 @@ def test_main_exits_with_one_clear_line_for_a_folder_without_images(tmp_path):
     assert completed.returncode == 2
     assert "no BreakHis images" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_training_report_shows_the_test_metrics_and_a_gallery(trained):
+    from tests.browser import broken_images, find_chromium, inspect_page
+
+    _, output_dir = trained
+    html = (output_dir / "report.html").read_text()
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert "Grad-CAM" in html and "report_assets/000_overlay.png" in html
+    assert (output_dir / "report_assets" / "000_overlay.png").is_file()
+    if find_chromium() is None:
+        pytest.skip("no Chromium binary to render the report")
+    page = inspect_page(str(output_dir / "report.html"))
+    assert page["images"] and not broken_images(page)
+    shown = page["metrics"]["image_level.pooled.accuracy"]
+    assert shown == f"{metrics['image_level']['pooled']['accuracy']:.4f}"

@@ -1,0 +1,143 @@
+"""report.html of a training export: test-split metrics, plots, patients and a Grad-CAM gallery."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from model import storage
+from model.gradcam import gradcam_model, predict_with_gradcam
+from model.html_report import GalleryItem, render_report, select_gallery
+from model.metrics import patient_rows_from_records
+from model.preprocessing import decode_image, normalize, resize_image
+from model.report_assets import gallery_pair
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = "report_assets"
+PLOTS = {
+    "ROC": "plots/roc.png",
+    "Precision-recall": "plots/pr.png",
+    "Confusion matrix": "plots/confusion_matrix.png",
+    "Training curves": "plots/training_curves.png",
+}
+
+
+def prediction_rows(split_rows: Sequence[dict], p_malignant: np.ndarray, threshold: float):
+    """Rows in the scoring pipeline's predictions.csv shape, for the gallery and patient table."""
+    return [
+        {
+            "image_path": row["image_path"],
+            "p_malignant": float(p),
+            "predicted_label": "malignant" if p >= threshold else "benign",
+            "true_label": row["label"],
+            "patient_id": row["slide_id"],
+            "magnification": row["magnification"],
+        }
+        for row, p in zip(split_rows, p_malignant, strict=True)
+    ]
+
+
+def patient_table(rows: Sequence[dict], threshold: float) -> list[dict]:
+    """Per patient (pooled over magnifications): images, correct, mean p, calls, true label."""
+    records = [
+        {
+            "label": int(row["true_label"] == "malignant"),
+            "p_malignant": row["p_malignant"],
+            "patient_id": row["patient_id"],
+            "magnification": row["magnification"],
+        }
+        for row in rows
+    ]
+    table = []
+    for patient in patient_rows_from_records(records, threshold):
+        if patient["magnification"] is not None:
+            continue
+        mean_p = patient["sum_p"] / patient["images"]
+        of_patient = [row for row in rows if row["patient_id"] == patient["patient_id"]]
+        malignant_calls = sum(row["predicted_label"] == "malignant" for row in of_patient)
+        table.append(
+            {
+                "patient_id": patient["patient_id"],
+                "true_label": "malignant" if patient["label"] else "benign",
+                "images": patient["images"],
+                "correct": patient["correct"],
+                "mean_p_malignant": mean_p,
+                "majority_prediction": "malignant"
+                if malignant_calls * 2 >= len(of_patient)
+                else "benign",
+            }
+        )
+    return table
+
+
+def write_training_report(
+    work_dir: str,
+    model: keras.Model,
+    image_size: int,
+    threshold: float,
+    split_rows: Sequence[dict],
+    p_malignant: np.ndarray,
+    metrics: dict,
+    unparsed: Sequence[str],
+    summary: dict,
+    notes: Sequence[str] = (),
+) -> str:
+    """Compute Grad-CAM for the gallery's test images and write report.html into work_dir."""
+    rows = prediction_rows(split_rows, p_malignant, threshold)
+    selected = select_gallery(rows)
+    chosen = [(category, row) for category, picks in selected.items() for row in picks]
+    gallery: list[GalleryItem] = []
+    if chosen:
+        originals = [decode_image(storage.read_bytes(row["image_path"])) for _, row in chosen]
+        batch = np.stack(
+            [normalize(resize_image(o, image_size).astype(np.float32)) for o in originals]
+        )
+        _, heatmaps = predict_with_gradcam(gradcam_model(model), batch, threshold)
+        os.makedirs(os.path.join(work_dir, ASSETS_DIR), exist_ok=True)
+        for index, ((category, row), original, heatmap) in enumerate(
+            zip(chosen, originals, heatmaps, strict=True)
+        ):
+            original_png, overlay_png = gallery_pair(original, heatmap)
+            stem = f"{ASSETS_DIR}/{index:03d}"
+            for suffix, data in (("original", original_png), ("overlay", overlay_png)):
+                with open(os.path.join(work_dir, f"{stem}_{suffix}.png"), "wb") as handle:
+                    handle.write(data)
+            gallery.append(
+                GalleryItem(
+                    image_path=row["image_path"],
+                    original_href=f"{stem}_original.png",
+                    overlay_href=f"{stem}_overlay.png",
+                    p_malignant=row["p_malignant"],
+                    predicted_label=row["predicted_label"],
+                    true_label=row["true_label"],
+                    category=category,
+                )
+            )
+    errors = [
+        {
+            "image_path": path,
+            "error_type": "UnparsableName",
+            "message": "name does not follow SOB_<B|M>_<CODE>-<YEAR>-<SLIDE>-<MAG>-<SEQ>; not used",
+        }
+        for path in unparsed
+    ]
+    html = render_report(
+        title="BreakHis classifier: training export (test split)",
+        metrics=metrics,
+        plots=PLOTS,
+        gallery=gallery,
+        patients=patient_table(rows, threshold),
+        errors=errors,
+        summary=summary,
+        notes=notes,
+    )
+    path = os.path.join(work_dir, "report.html")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(html)
+    logger.info("Wrote %s (%d gallery images)", path, len(gallery))
+    return path
