@@ -58,7 +58,9 @@ def build_classifier(
     base = _vgg16_base(inputs, weights)
     x = keras.layers.Flatten(name="flatten")(base.output)
     x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(x)
-    x = keras.layers.BatchNormalization(name="head_batchnorm")(x)
+    # momentum 0.9 (Keras default 0.99): the moving statistics used at inference must catch up
+    # within a few dozen steps, or small data sets (few steps per epoch) validate on stale ones.
+    x = keras.layers.BatchNormalization(momentum=0.9, name="head_batchnorm")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     logit = keras.layers.Dense(1, name=LOGIT_LAYER)(x)
     # float32 output even under mixed precision, so probabilities are not rounded to float16.
