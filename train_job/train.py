@@ -17,25 +17,38 @@ import numpy as np
 import tensorflow as tf
 
 from model import storage
-from model.architecture import build_classifier, conv_block_names
+from model.architecture import build_classifier
 from model.constants import CLASS_NAMES
 from model.metrics import choose_threshold
 from model.model_card import ModelCard
 from model.plots import training_curves_png
 from train_job import data
-from train_job.callbacks import EpochProgress, InterruptAfter, SyncDirectory
 from train_job.config import TrainConfig
 from train_job.dataset import class_weights_for, make_dataset
 from train_job.distribute import choose_strategy, is_chief
 from train_job.evaluation import evaluation_report, plot_files, predict, report_json
 from train_job.export import write_export
+from train_job.fit import CHECKPOINT_DIR, fit_two_phases
 from train_job.report import write_training_report
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-PHASE1_WEIGHTS = "phase1_complete.weights.h5"
-PHASE1_HISTORY = "phase1_history.json"
+
+@dataclasses.dataclass
+class _Outcome:
+    """What the export files are written from."""
+
+    rows: list[dict]
+    by_split: dict[str, list[dict]]
+    discovery: data.Discovery
+    report: dict
+    history: dict
+    threshold: float
+    threshold_rule: str
+    replicas: int
+    global_batch: int
+    class_weights: dict[int, float]
+    test_p: np.ndarray
 
 
 @dataclasses.dataclass
@@ -86,7 +99,10 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
         model = build_classifier(
             config.image_size, config.weights, config.dense_units, config.dropout
         )
-    history, epochs_run = _fit_two_phases(config, strategy, model, datasets, checkpoint_dir, remote)
+    remote_checkpoints = storage.join(config.output_dir, CHECKPOINT_DIR) if remote else None
+    history, epochs_run = fit_two_phases(
+        config, strategy, model, datasets, checkpoint_dir, remote_checkpoints
+    )
 
     validation_p = predict(model, datasets["validation_eval"])
     threshold, threshold_rule = choose_threshold(_labels(by_split["validation"]), validation_p)
@@ -96,11 +112,9 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     _log_headline(report)
 
     if is_chief(strategy):
-        _write_outputs(
-            config,
-            work_dir,
-            model,
+        outcome = _Outcome(
             rows,
+            by_split,
             discovery,
             report,
             history,
@@ -109,9 +123,9 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
             replicas,
             global_batch,
             class_weights,
-            by_split,
             test_p,
         )
+        _write_outputs(config, work_dir, model, outcome)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         if remote:
             storage.upload_dir(work_dir, config.output_dir)
@@ -174,115 +188,6 @@ def _datasets(config, by_split, global_batch, class_weights) -> dict[str, tf.dat
     }
 
 
-def _compile(model: keras.Model, learning_rate: float) -> None:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
-    )
-
-
-def _set_trainable_from(model: keras.Model, first_block: str | None) -> None:
-    """Freeze the VGG16 base up to first_block (all of it when None); the head always trains."""
-    blocks = conv_block_names(model)
-    if first_block is not None and first_block not in blocks:
-        raise data.DataError(f"--fine_tune_from must be one of {blocks} or 'none'")
-    start = len(blocks) if first_block is None else blocks.index(first_block)
-    for layer in model.layers:
-        prefix = layer.name.split("_")[0]
-        if prefix in blocks:
-            layer.trainable = blocks.index(prefix) >= start
-
-
-def _fit_two_phases(config, strategy, model, datasets, checkpoint_dir, remote):
-    """Phase 1 trains the head on a frozen base; phase 2 fine-tunes from a conv block.
-
-    Each phase backs up to its own folder (BackupAndRestore), so a killed job rerun with the
-    same --output_dir resumes at its last finished epoch; a finished phase 1 is kept as weights.
-    """
-    replicas = strategy.num_replicas_in_sync
-    fine_tune = config.fine_tune_epochs > 0 and config.fine_tune_from.lower() != "none"
-    phases = [("phase1", config.epochs, None, config.learning_rate)]
-    if fine_tune:
-        phases.append(
-            (
-                "phase2",
-                config.fine_tune_epochs,
-                config.fine_tune_from,
-                config.fine_tune_learning_rate,
-            )
-        )
-    history: dict = {}
-    epochs_run: dict = {}
-    done_before = 0
-    phase1_weights = os.path.join(checkpoint_dir, PHASE1_WEIGHTS)
-    for name, epochs, first_block, base_rate in phases:
-        if name == "phase1" and os.path.exists(phase1_weights):
-            logger.info("Phase 1 already finished in an earlier run; loading its weights")
-            model.load_weights(phase1_weights)
-            with open(os.path.join(checkpoint_dir, PHASE1_HISTORY), encoding="utf-8") as handle:
-                history = json.load(handle)
-            done_before += config.epochs
-            epochs_run[name] = 0
-            continue
-        with strategy.scope():
-            _set_trainable_from(model, first_block)
-            _compile(model, base_rate * replicas)
-        logger.info(
-            "%s: %d epochs, learning rate %.2g (%.2g x %d replicas), base trainable from %s",
-            name,
-            epochs,
-            base_rate * replicas,
-            base_rate,
-            replicas,
-            first_block or "nowhere",
-        )
-        phase_history = _fit_phase(
-            config, model, datasets, name, epochs, checkpoint_dir, remote, done_before
-        )
-        epochs_run[name] = len(phase_history.get("loss", []))
-        if name == "phase1":
-            history = phase_history
-            if fine_tune:  # where the training-curves plot marks the start of fine-tuning
-                history["phase_boundary"] = len(phase_history.get("loss", []))
-            model.save_weights(phase1_weights)
-            with open(os.path.join(checkpoint_dir, PHASE1_HISTORY), "w", encoding="utf-8") as f:
-                json.dump(history, f)
-        else:
-            for key, values in phase_history.items():
-                history.setdefault(key, []).extend(values)
-        done_before += epochs
-    return history, epochs_run
-
-
-def _fit_phase(config, model, datasets, name, epochs, checkpoint_dir, remote, done_before):
-    backup = os.path.join(checkpoint_dir, name)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(backup),
-        keras.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=config.patience, restore_best_weights=True
-        ),
-        keras.callbacks.TensorBoard(os.path.join(os.path.dirname(checkpoint_dir), "logs", name)),
-        EpochProgress(name, epochs),
-    ]
-    if remote:
-        callbacks.append(
-            SyncDirectory(checkpoint_dir, storage.join(config.output_dir, CHECKPOINT_DIR))
-        )
-    if config.stop_after_epochs is not None:
-        callbacks.append(InterruptAfter(done_before, config.stop_after_epochs))
-    result = model.fit(
-        datasets["train"],
-        validation_data=datasets["validation"],
-        epochs=epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a dataset
-        verbose=0,
-    )
-    return {key: [float(v) for v in values] for key, values in result.history.items()}
-
-
 def _restore_remote_checkpoints(output_dir: str, checkpoint_dir: str) -> None:
     remote_checkpoints = storage.join(output_dir, CHECKPOINT_DIR)
     copied = storage.download_dir(remote_checkpoints, checkpoint_dir)
@@ -329,54 +234,39 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _write_outputs(
-    config,
-    work_dir,
-    model,
-    rows,
-    discovery,
-    report,
-    history,
-    threshold,
-    threshold_rule,
-    replicas,
-    global_batch,
-    class_weights,
-    by_split,
-    test_p,
-):
+def _write_outputs(config: TrainConfig, work_dir: str, model: keras.Model, outcome: _Outcome):
     """metrics.json, plots, the model card and the model files into work_dir."""
-    _write_text(work_dir, "metrics.json", report_json(report))
-    for name, png in plot_files(by_split["test"], test_p, report).items():
+    _write_text(work_dir, "metrics.json", report_json(outcome.report))
+    for name, png in plot_files(outcome.by_split["test"], outcome.test_p, outcome.report).items():
         os.makedirs(os.path.join(work_dir, "plots"), exist_ok=True)
         with open(os.path.join(work_dir, name), "wb") as handle:
             handle.write(png)
     with open(os.path.join(work_dir, "plots", "training_curves.png"), "wb") as handle:
-        handle.write(training_curves_png(history))
-    _write_text(work_dir, "history.json", json.dumps(history, indent=2) + "\n")
+        handle.write(training_curves_png(outcome.history))
+    _write_text(work_dir, "history.json", json.dumps(outcome.history, indent=2) + "\n")
     card = ModelCard(
         model_id=uuid.uuid4().hex,
         image_size=config.image_size,
-        threshold=float(threshold),
-        threshold_rule=threshold_rule,
+        threshold=float(outcome.threshold),
+        threshold_rule=outcome.threshold_rule,
         training_config={
             **dataclasses.asdict(config),
-            "replicas": replicas,
-            "global_batch_size": global_batch,
-            "effective_learning_rate": config.learning_rate * replicas,
-            "effective_fine_tune_learning_rate": config.fine_tune_learning_rate * replicas,
-            "class_weights": {CLASS_NAMES[k]: v for k, v in class_weights.items()},
+            "replicas": outcome.replicas,
+            "global_batch_size": outcome.global_batch,
+            "effective_learning_rate": config.learning_rate * outcome.replicas,
+            "effective_fine_tune_learning_rate": config.fine_tune_learning_rate * outcome.replicas,
+            "class_weights": {CLASS_NAMES[k]: v for k, v in outcome.class_weights.items()},
         },
         data_summary={
             "data_dir": config.data_dir,
             "magnifications": list(config.magnifications),
-            "images_used": len(rows),
-            "unparsed_files": len(discovery.unparsed),
-            "unparsed_examples": discovery.unparsed[:10],
+            "images_used": len(outcome.rows),
+            "unparsed_files": len(outcome.discovery.unparsed),
+            "unparsed_examples": outcome.discovery.unparsed[:10],
             "split_unit": "specimen (slide id without section letters)",
-            "splits": data.summarize_split(rows),
+            "splits": data.summarize_split(outcome.rows),
         },
-        test_metrics=report,
+        test_metrics=outcome.report,
         versions=_versions(),
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -385,8 +275,8 @@ def _write_outputs(
     summary = {
         "model_id": card.model_id,
         "data_dir": config.data_dir,
-        "images_used": len(rows),
-        "unparsed_files": len(discovery.unparsed),
+        "images_used": len(outcome.rows),
+        "unparsed_files": len(outcome.discovery.unparsed),
         **{
             f"{split}_images": sum(c["images"] for c in classes.values())
             for split, classes in splits.items()
@@ -396,13 +286,13 @@ def _write_outputs(
             for split, classes in splits.items()
         },
         "weights": config.weights,
-        "replicas": replicas,
-        "threshold": round(float(threshold), 4),
+        "replicas": outcome.replicas,
+        "threshold": round(float(outcome.threshold), 4),
     }
     notes = [
         "Figures are for the held-out test split; train, validation and test share no "
         "specimen (slide id without section letters), so no patient is on two sides.",
-        f"Decision threshold {threshold:.4f}: {threshold_rule}",
+        f"Decision threshold {outcome.threshold:.4f}: {outcome.threshold_rule}",
     ]
     if config.weights.lower() == "none":
         notes.append("Trained without ImageNet weights (random initialisation).")
@@ -410,11 +300,11 @@ def _write_outputs(
         work_dir,
         model,
         config.image_size,
-        threshold,
-        by_split["test"],
-        test_p,
-        report,
-        discovery.unparsed,
+        outcome.threshold,
+        outcome.by_split["test"],
+        outcome.test_p,
+        outcome.report,
+        outcome.discovery.unparsed,
         summary,
         notes,
     )
