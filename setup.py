@@ -7,8 +7,9 @@ setup(
     version="0.1.0",
     description="BreakHis benign/malignant classifier (VGG16) with Grad-CAM: training job and "
     "Apache Beam scoring pipeline",
-    packages=find_packages(include=["model", "model.*", "train_job", "train_job.*", "pipelines",
-                                    "pipelines.*"]),
+    packages=find_packages(
+        include=["model", "model.*", "train_job", "train_job.*", "pipelines", "pipelines.*"]
+    ),
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",  # Keras 3

@@ -1,0 +1,1 @@
+"""The Apache Beam batch-scoring pipeline: `python -m pipelines.score`."""

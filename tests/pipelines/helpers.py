@@ -1,0 +1,99 @@
+"""Reading a scoring run's outputs back, and recomputing its metrics with scikit-learn."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from model import storage
+from model.constants import CLASS_NAMES
+from model.metrics import N_BINS
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+    """Rows of a CSV file, local or gs://."""
+    return list(csv.DictReader(io.StringIO(storage.read_text(path))))
+
+
+def read_header(path: str) -> list[str]:
+    """The first row of a CSV file."""
+    return next(csv.reader(io.StringIO(storage.read_text(path))))
+
+
+def read_json(path: str) -> dict[str, Any]:
+    """A JSON file, local or gs://."""
+    return json.loads(storage.read_text(path))
+
+
+def prediction_rows(output_dir: str) -> list[dict[str, str]]:
+    """All prediction rows, from predictions.csv or its shards."""
+    paths = storage.match(storage.join(output_dir, "predictions*.csv"))
+    assert paths, f"no predictions CSV in {output_dir}"
+    return [row for path in paths for row in read_csv(path)]
+
+
+def sklearn_metrics(y_true: Sequence[int], p: Sequence[float], threshold: float) -> dict:
+    """The metric dict of model.metrics, recomputed independently with scikit-learn."""
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(p, dtype=float)
+    predicted = (p >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, predicted, labels=[0, 1]).ravel()
+    both = 0 < y.sum() < y.size
+    return {
+        "accuracy": accuracy_score(y, predicted),
+        "balanced_accuracy": balanced_accuracy_score(y, predicted) if both else None,
+        "sensitivity": recall_score(y, predicted) if tp + fn else None,
+        "specificity": recall_score(y, predicted, pos_label=0) if tn + fp else None,
+        "precision": precision_score(y, predicted) if tp + fp else None,
+        "f1": f1_score(y, predicted, zero_division=0.0) if tp + fp + fn else None,
+        "roc_auc": roc_auc_score(y, p) if both else None,
+        "pr_auc": average_precision_score(y, p) if both else None,
+        "brier": brier_score_loss(y, p),
+        "n": int(y.size),
+        "n_benign": int((y == 0).sum()),
+        "n_malignant": int((y == 1).sum()),
+        "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
+    }
+
+
+def assert_metrics_close(actual: dict, expected: dict, context: str) -> None:
+    """Every key of expected matches actual (floats to 1e-9, None exactly)."""
+    for key, value in expected.items():
+        got = actual[key]
+        if value is None or isinstance(value, (list, int)):
+            assert got == value, f"{context}: {key} is {got}, sklearn says {value}"
+        else:
+            assert got is not None and abs(got - value) < 1e-9, (
+                f"{context}: {key} is {got}, sklearn says {value}"
+            )
+
+
+def label_index(name: str) -> int:
+    """0 for benign, 1 for malignant."""
+    return CLASS_NAMES.index(name)
+
+
+def distinct_bins(p: Sequence[float]) -> bool:
+    """Whether no two different scores share a histogram bin (then streaming AUCs are exact).
+
+    Equal scores may share one: sklearn ranks ties together, as the histogram does.
+    """
+    scores = np.unique(np.asarray(p, dtype=float))
+    bins = np.minimum((scores * N_BINS).astype(int), N_BINS - 1)
+    return len(set(bins.tolist())) == len(scores)

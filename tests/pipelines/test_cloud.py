@@ -1,0 +1,187 @@
+"""The gs:// path against a local storage emulator, and the Dataflow job graph built offline."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tarfile
+
+import pytest
+from apache_beam.portability.api import beam_runner_api_pb2
+
+from model import storage
+from pipelines.launch_checks import LaunchError
+from tests.conftest import REPO_ROOT
+from tests.pipelines.conftest import run_scoring
+from tests.pipelines.helpers import prediction_rows, read_csv, read_json
+
+STEP_LABELS = {
+    "MatchImages",
+    "ScoreImages",
+    "WriteHeatmaps",
+    "WritePredictions",
+    "WriteErrors",
+    "ComputeMetrics",
+    "WriteMetrics",
+    "WriteSummary",
+}
+
+
+@pytest.fixture(scope="module")
+def bucket_inputs(gcs_emulator, scoring_inputs, tiny_export):
+    """Synthetic tiles, broken files and the export uploaded; a manifest lists the extras."""
+    root = f"{gcs_emulator}/scoring"
+    storage.upload_dir(str(scoring_inputs.root / "synthetic"), f"{root}/images/synthetic")
+    for path in scoring_inputs.broken + scoring_inputs.unlabelled:
+        relative = os.path.relpath(path, scoring_inputs.root)
+        storage.write_bytes(f"{root}/images/{relative}", pathlib.Path(path).read_bytes())
+    manifest_entries = [
+        "../images/" + os.path.relpath(path, scoring_inputs.root)
+        for path in scoring_inputs.broken + scoring_inputs.unlabelled
+    ]
+    storage.write_text(
+        f"{root}/lists/extra.csv", "image_path\n" + "\n".join(manifest_entries) + "\n"
+    )
+    storage.upload_dir(tiny_export, f"{root}/model")
+    return root
+
+
+def test_gs_inputs_model_and_outputs_share_the_local_code_path(bucket_inputs, scoring_inputs):
+    root = bucket_inputs
+    output_dir = f"{root}/out"
+    run_scoring(
+        [
+            "--input",
+            f"{root}/images/synthetic",  # a gs:// folder, read recursively
+            f"{root}/lists/extra.csv",
+            "--model_dir",
+            f"{root}/model",
+            "--output_dir",
+            output_dir,
+            "--max_error_fraction",
+            "1",
+        ]
+    )
+    rows = prediction_rows(output_dir)
+    errors = read_csv(f"{output_dir}/errors.csv")
+    expected_scored = len(scoring_inputs.labelled) + len(scoring_inputs.unlabelled)
+    assert len(rows) == expected_scored and len(errors) == len(scoring_inputs.broken)
+    assert all(row["image_path"].startswith(f"{root}/images/") for row in rows + errors)
+    assert sum(1 for row in rows if row["true_label"]) == len(scoring_inputs.labelled)
+
+    heatmaps = storage.match(f"{output_dir}/heatmaps/*.png")
+    assert sorted(heatmaps) == sorted(row["heatmap_path"] for row in rows)
+    summary = read_json(f"{output_dir}/summary.json")
+    assert summary["inputs_matched"] == summary["scored"] + summary["failed"] == len(rows + errors)
+    report = read_json(f"{output_dir}/metrics.json")
+    assert report["image_level"]["pooled"]["n"] == len(scoring_inputs.labelled)
+    for name in ("patients.csv", "plots/roc.png", "plots/pr.png", "plots/confusion_matrix.png"):
+        assert storage.exists(f"{output_dir}/{name}"), name
+
+
+def test_an_unwritable_bucket_is_refused_before_the_job_starts(bucket_inputs):
+    with pytest.raises(LaunchError, match="not writable"):
+        run_scoring(
+            [
+                "--input",
+                f"{bucket_inputs}/images/synthetic/**",
+                "--model_dir",
+                f"{bucket_inputs}/model",
+                "--output_dir",
+                "gs://no-such-bucket/out",
+            ]
+        )
+
+
+def _dataflow_argv(root: str, *extra: str) -> list[str]:
+    return [
+        "--input",
+        f"{root}/images/synthetic/**",
+        "--model_dir",
+        f"{root}/model",
+        "--output_dir",
+        f"{root}/dataflow_out",
+        "--runner",
+        "DataflowRunner",
+        "--dry_run=True",
+        "--project",
+        "demo-project",
+        "--region",
+        "us-central1",
+        "--temp_location",
+        f"{root}/tmp",
+        *extra,
+    ]
+
+
+def _environment(result) -> beam_runner_api_pb2.Environment:
+    (environment,) = result.job.proto_pipeline.components.environments.values()
+    return environment
+
+
+def test_dataflow_job_graph_builds_offline_and_stages_the_packages(bucket_inputs, tmp_path):
+    result = run_scoring(_dataflow_argv(bucket_inputs, "--setup_file", str(REPO_ROOT / "setup.py")))
+    transforms = result.job.proto_pipeline.components.transforms.values()
+    top_level = {
+        transform.unique_name for transform in transforms if "/" not in transform.unique_name
+    }
+    assert STEP_LABELS <= top_level
+
+    staged = {}
+    for dependency in _environment(result).dependencies:
+        name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(
+            dependency.role_payload
+        ).staged_name
+        staged[name] = beam_runner_api_pb2.ArtifactFilePayload.FromString(
+            dependency.type_payload
+        ).path
+    assert "workflow.tar.gz" in staged  # the sdist setup.py builds, installed on each worker
+    with tarfile.open(staged["workflow.tar.gz"]) as sdist:
+        members = {
+            pathlib.PurePosixPath(name).relative_to(*pathlib.PurePosixPath(name).parts[:1])
+            for name in sdist.getnames()
+            if "/" in name
+        }
+    for module in (
+        "pipelines/score.py",
+        "pipelines/model_handler.py",
+        "model/gradcam.py",
+        "train_job/export.py",
+    ):
+        assert pathlib.PurePosixPath(module) in members, module
+
+
+def test_dataflow_gpu_job_uses_the_custom_container_and_accelerator(bucket_inputs):
+    # The flags of the README's GPU command.
+    image = "us-central1-docker.pkg.dev/my-project/my-repo/breakhis-scoring:gpu"
+    service_option = "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+    result = run_scoring(
+        _dataflow_argv(
+            bucket_inputs,
+            "--batch_size",
+            "128",
+            "--sdk_container_image",
+            image,
+            "--sdk_location",
+            "container",
+            "--dataflow_service_options",
+            service_option,
+            "--experiments",
+            "use_runner_v2",
+            "--experiments",
+            "no_use_multiple_sdk_containers",
+            "--machine_type",
+            "n1-standard-8",
+            "--max_num_workers",
+            "4",
+        )
+    )
+    environment = _environment(result)
+    payload = beam_runner_api_pb2.DockerPayload.FromString(environment.payload)
+    assert payload.container_image == image
+    staged = [dependency.role_payload for dependency in environment.dependencies]
+    assert not any(b"workflow.tar.gz" in name for name in staged)  # the code is in the image
+    options = result.job.options.get_all_options()
+    assert options["dataflow_service_options"] == [service_option]
+    assert {"use_runner_v2", "no_use_multiple_sdk_containers"} <= set(options["experiments"])
+    assert (options["machine_type"], options["max_num_workers"]) == ("n1-standard-8", 4)

@@ -1,0 +1,117 @@
+"""Launch checks: bad inputs, exports and output locations stop the job with one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from pipelines import score
+from pipelines.launch_checks import (
+    LaunchError,
+    check_inputs,
+    check_model_export,
+    check_output_dir,
+    check_remote_locations,
+)
+
+
+def _main_error(argv, capsys) -> str:
+    """Run main, assert the launch-error exit code, return the stderr it printed."""
+    assert score.main(argv) == score.EXIT_LAUNCH_ERROR
+    return capsys.readouterr().err
+
+
+def _argv(inputs, model_dir, output_dir):
+    return ["--input", *inputs, "--model_dir", str(model_dir), "--output_dir", str(output_dir)]
+
+
+def test_a_pattern_that_matches_nothing_stops_the_job(tmp_path, tiny_export, capsys):
+    pattern = str(tmp_path / "nowhere" / "*.png")
+    error = _main_error(_argv([pattern], tiny_export, tmp_path / "out"), capsys)
+    assert error == f"error: --input {pattern!r} matches no file\n"
+    assert not (tmp_path / "out").exists()  # checked before the output folder is touched
+
+
+def test_a_pattern_matching_only_non_images_stops_the_job(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(LaunchError, match="matches 1 files but no image"):
+        check_inputs([str(tmp_path / "*")])
+
+
+def test_manifest_problems_are_named(tmp_path):
+    with pytest.raises(LaunchError, match="does not exist"):
+        check_inputs([str(tmp_path / "missing.csv")])
+    wrong_column = tmp_path / "wrong.csv"
+    wrong_column.write_text("path\nx.png\n")
+    with pytest.raises(LaunchError, match="no 'image_path' column"):
+        check_inputs([str(wrong_column)])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("image_path\n")
+    with pytest.raises(LaunchError, match="lists no images"):
+        check_inputs([str(empty)])
+
+
+def test_a_missing_model_dir_stops_the_job(tmp_path, scoring_inputs, capsys):
+    missing = tmp_path / "no_model"
+    error = _main_error(_argv([scoring_inputs.labelled[0]], missing, tmp_path / "out"), capsys)
+    assert error == f"error: --model_dir {missing} does not exist\n"
+
+
+def test_an_incomplete_export_names_the_missing_files(tmp_path, tiny_export):
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_export, partial)
+    os.remove(partial / "model.keras")
+    with pytest.raises(LaunchError, match="missing model.keras"):
+        check_model_export(str(partial))
+
+
+def test_a_card_this_scorer_cannot_honour_is_rejected(tmp_path, tiny_export):
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    card_path = export / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["preprocessing"]["normalization"] = "imagenet_torch"
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(LaunchError, match="normalisation 'imagenet_torch'"):
+        check_model_export(str(export))
+    card_path.write_text("{not json")
+    with pytest.raises(LaunchError, match="unreadable model_card.json"):
+        check_model_export(str(export))
+
+
+def test_the_card_configures_image_size_and_threshold(tiny_export):
+    card = check_model_export(tiny_export)
+    assert (card.image_size, card.threshold, card.model_id) == (32, 0.5, "tiny-test")
+
+
+def test_an_output_location_that_cannot_be_written_stops_the_job(
+    tmp_path, scoring_inputs, tiny_export, capsys
+):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    error = _main_error(_argv([scoring_inputs.labelled[0]], tiny_export, a_file), capsys)
+    assert error == f"error: --output_dir {a_file} is a file, not a folder\n"
+    with pytest.raises(LaunchError, match="cannot be created"):
+        check_output_dir(str(a_file / "below_a_file"))
+
+
+def test_a_writable_output_location_is_created_and_left_clean(tmp_path):
+    output_dir = tmp_path / "new" / "out"
+    check_output_dir(str(output_dir))
+    assert output_dir.is_dir() and list(output_dir.iterdir()) == []
+
+
+def test_dataflow_refuses_local_paths():
+    with pytest.raises(LaunchError, match="use gs:// for: /data/x"):
+        check_remote_locations("DataflowRunner", ["gs://b/in/**", "/data/x"])
+    check_remote_locations("DirectRunner", ["/data/x"])
+
+
+def test_bad_numeric_flags_are_rejected(tmp_path, scoring_inputs, tiny_export, capsys):
+    argv = _argv([scoring_inputs.labelled[0]], tiny_export, tmp_path / "out")
+    assert "--batch_size must be at least 1" in _main_error(argv + ["--batch_size", "0"], capsys)
+    error = _main_error(argv + ["--max_error_fraction", "1.5"], capsys)
+    assert "--max_error_fraction must be in [0, 1]" in error

@@ -1,0 +1,124 @@
+"""The RunInference model handler: training preprocessing, one batched pass, dead letters."""
+
+from __future__ import annotations
+
+import pathlib
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from model import gradcam
+from model.preprocessing import decode_image, preprocess_image
+from pipelines.model_handler import (
+    GradCamModelHandler,
+    LoadedScorer,
+    keyed_scoring_handler,
+    prepare_image,
+)
+from tests.pipelines.conftest import IMAGE_SIZE
+
+
+def test_prepare_image_gives_the_training_tensor_and_keeps_the_decoded_original(
+    scoring_inputs,
+):
+    for path in scoring_inputs.labelled[:1] + scoring_inputs.other_modes:
+        data = pathlib.Path(path).read_bytes()
+        key, prepared = prepare_image(path, IMAGE_SIZE, keep_original=True)
+        assert key == path
+        assert prepared.model_input.dtype == np.float32
+        np.testing.assert_array_equal(prepared.model_input, preprocess_image(data, IMAGE_SIZE))
+        np.testing.assert_array_equal(prepared.original, decode_image(data))
+    _, without = prepare_image(scoring_inputs.labelled[0], IMAGE_SIZE, keep_original=False)
+    assert without.original is None
+
+
+class _NoPlainCalls:
+    """Stands in for the classifier where a second forward pass would be a bug."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the classifier was used directly ({name}) besides Grad-CAM")
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_export):
+    """The export loaded the way a worker loads it."""
+    return GradCamModelHandler(tiny_export, threshold=0.5).load_model()
+
+
+def test_a_batch_is_scored_and_explained_by_one_forward_pass(loaded, scoring_inputs, monkeypatch):
+    paths = scoring_inputs.labelled[:5]
+    batch = [prepare_image(path, IMAGE_SIZE, keep_original=True)[1] for path in paths]
+    calls = []
+    real = gradcam.predict_with_gradcam
+
+    def spy(grad_model, images, threshold=0.5, class_index=None):
+        calls.append(len(images))
+        return real(grad_model, images, threshold, class_index)
+
+    monkeypatch.setattr(gradcam, "predict_with_gradcam", spy)
+    handler = GradCamModelHandler("unused", threshold=0.5)
+    scorer = LoadedScorer(model=_NoPlainCalls(), grad_model=loaded.grad_model, model_id="m")
+    results = list(handler.run_inference(batch, scorer))
+
+    assert calls == [len(paths)]
+    expected = loaded.model.predict(np.stack([item.model_input for item in batch]), verbose=0)
+    for result, item, p in zip(results, batch, expected.reshape(-1), strict=True):
+        assert result.example is item and result.model_id == "m"
+        assert result.inference.p_malignant == pytest.approx(float(p), abs=1e-6)
+        heatmap = result.inference.heatmap
+        assert heatmap.ndim == 2 and heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+
+
+def test_without_gradcam_the_plain_model_scores_and_no_heatmap_is_made(loaded, scoring_inputs):
+    batch = [
+        prepare_image(p, IMAGE_SIZE, keep_original=False)[1] for p in scoring_inputs.labelled[:3]
+    ]
+    handler = GradCamModelHandler("unused", threshold=0.5, gradcam=False)
+    scorer = LoadedScorer(model=loaded.model, grad_model=None, model_id="m")
+    results = list(handler.run_inference(batch, scorer))
+    assert [r.inference.heatmap for r in results] == [None] * 3
+    with_gradcam = GradCamModelHandler("unused", threshold=0.5).run_inference(batch, loaded)
+    for plain, explained in zip(results, with_gradcam, strict=True):
+        assert plain.inference.p_malignant == pytest.approx(
+            explained.inference.p_malignant, abs=1e-5
+        )
+
+
+def test_batch_size_flag_sets_fixed_size_batches():
+    handler = keyed_scoring_handler("unused", IMAGE_SIZE, 0.5, batch_size=7)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 7, "max_batch_size": 7}
+
+
+def test_run_inference_keys_results_by_path_and_routes_unreadable_files(
+    tiny_export, scoring_inputs
+):
+    good = scoring_inputs.labelled[:3]
+    bad = scoring_inputs.broken
+    handler = keyed_scoring_handler(tiny_export, IMAGE_SIZE, 0.5, gradcam=True, batch_size=2)
+    with test_pipeline.TestPipeline() as pipeline:
+        paths = pipeline | beam.Create(good + bad)
+        scored, failures = paths | RunInference(handler).with_exception_handling()
+        summary = scored | "Summarise" >> beam.Map(
+            lambda keyed: (
+                keyed[0],
+                keyed[1].example.original.shape,
+                keyed[1].inference.heatmap.shape,
+                0.0 <= keyed[1].inference.p_malignant <= 1.0,
+            )
+        )
+        original_shapes = {
+            path: decode_image(pathlib.Path(path).read_bytes()).shape for path in good
+        }
+        assert_that(
+            summary,
+            equal_to([(path, original_shapes[path], (2, 2), True) for path in good]),
+            label="Scored",
+        )
+        failed = failures.failed_preprocessing[0] | "FailedPaths" >> beam.Map(
+            lambda failure: (failure[0], failure[1][0].__name__)
+        )
+        assert_that(failed, equal_to([(path, "ImageDecodeError") for path in bad]), label="Failed")

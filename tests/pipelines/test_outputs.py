@@ -1,0 +1,178 @@
+"""Per-image outputs: rows, heatmap names, error descriptions and CSV writing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import sys
+import traceback
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from model.preprocessing import ImageDecodeError
+from pipelines.model_handler import ImageScore, PreparedImage
+from pipelines.outputs import (
+    ERROR_COLUMNS,
+    ScoringError,
+    WriteCsv,
+    WriteHeatmapFn,
+    csv_line,
+    describe_failure,
+    error_for_scored,
+    errors_for_batch,
+    heatmap_name,
+    scored_image,
+)
+
+BREAKHIS_PATH = "gs://bucket/BreaKHis_v1/SOB_M_DC_14-2523/40X/SOB_M_DC-14-2523-40-010.png"
+
+
+def _failure(error: Exception) -> tuple:
+    """The (type, repr, traceback lines) triple Beam's dead-letter outputs carry."""
+    try:
+        raise error
+    except Exception as caught:
+        return type(caught), repr(caught), traceback.format_exception(*sys.exc_info())
+
+
+def test_equal_file_names_in_different_folders_get_different_heatmaps():
+    first = heatmap_name("/data/a/SOB_B_A-14-22549AB-40-001.png")
+    second = heatmap_name("/data/b/SOB_B_A-14-22549AB-40-001.png")
+    assert first != second
+    assert first.startswith("SOB_B_A-14-22549AB-40-001-") and second.startswith(
+        "SOB_B_A-14-22549AB-40-001-"
+    )
+    assert heatmap_name("/data/a/SOB_B_A-14-22549AB-40-001.png") == first  # deterministic
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../../etc/passwd.png",
+        "/x/.hidden.png",
+        "/x/..png",
+        "/x/a b/ümlaut & co?.tif",
+        "gs://bucket/dir/",
+        "C:\\images\\slide.png",
+    ],
+)
+def test_heatmap_names_stay_inside_the_heatmap_folder(path):
+    name = heatmap_name(path)
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{16}\.png", name), name
+    folder = os.path.join("/out", "heatmaps")
+    assert os.path.dirname(os.path.normpath(os.path.join(folder, name))) == folder
+
+
+def test_a_breakhis_row_carries_its_ground_truth():
+    row = scored_image(BREAKHIS_PATH, np.float32(0.73456789), 0.5, "h.png")
+    assert row.p_malignant == 0.734568
+    assert row.predicted_label == "malignant"
+    assert (row.true_label, row.patient_id, row.magnification, row.subtype) == (
+        "malignant",
+        "14-2523",
+        "40X",
+        "ductal_carcinoma",
+    )
+
+
+def test_the_threshold_itself_is_malignant_and_unparsed_names_stay_blank():
+    row = scored_image("/x/photo.png", 0.3, 0.3, "")
+    assert row.predicted_label == "malignant"
+    assert row.true_label == row.patient_id == row.magnification == row.subtype == ""
+    assert scored_image("/x/photo.png", 0.2999994, 0.3, "").predicted_label == "benign"
+
+
+def test_failures_are_described_by_type_and_message():
+    error_type, message = describe_failure(_failure(ImageDecodeError("cannot decode image: bad")))
+    assert (error_type, message) == ("ImageDecodeError", "cannot decode image: bad")
+    error_type, message = describe_failure(_failure(FileNotFoundError("no\nsuch   file")))
+    assert (error_type, message) == ("FileNotFoundError", "no such file")
+    _, long_message = describe_failure(_failure(ValueError("x" * 2000)))
+    assert len(long_message) == 500 and long_message.endswith("...")
+
+
+def test_a_failed_batch_reports_every_image_in_it():
+    batch = [("/a.png", None), ("/b.png", None)]
+    rows = list(errors_for_batch((batch, _failure(RuntimeError("out of memory")))))
+    assert rows == [
+        ScoringError(
+            "/a.png", "RuntimeError", "inference failed for its batch of 2: out of memory"
+        ),
+        ScoringError(
+            "/b.png", "RuntimeError", "inference failed for its batch of 2: out of memory"
+        ),
+    ]
+
+
+def test_csv_lines_round_trip_awkward_paths():
+    values = ['/data/a,b/"quoted"/x.png', 0.1234567, "line\nbreak", ""]
+    parsed = next(csv.reader(io.StringIO(csv_line(values))))
+    assert parsed == ['/data/a,b/"quoted"/x.png', "0.123457", "line\nbreak", ""]
+
+
+def _prediction(original: np.ndarray, p: float) -> PredictionResult:
+    heatmap = np.array([[0.0, 1.0], [0.5, 0.25]], dtype=np.float32)
+    return PredictionResult(
+        PreparedImage(np.zeros((32, 32, 3), np.float32), original), ImageScore(p, heatmap)
+    )
+
+
+def test_heatmap_writer_writes_the_overlay_and_routes_write_failures(tmp_path):
+    original = np.full((10, 14, 3), 128, dtype=np.uint8)
+    blocked = tmp_path / "file.txt"
+    blocked.write_text("a file where a folder should be")
+    good_dir = tmp_path / "heatmaps"
+    with test_pipeline.TestPipeline() as pipeline:
+        elements = pipeline | beam.Create([("/in/ok.png", _prediction(original, 0.8))])
+        rows, _ = (
+            elements
+            | "Good" >> beam.ParDo(WriteHeatmapFn(str(good_dir), 0.5)).with_exception_handling()
+        )
+        assert_that(
+            rows
+            | beam.Map(
+                lambda r: (r.image_path, r.predicted_label, os.path.dirname(r.heatmap_path))
+            ),
+            equal_to([("/in/ok.png", "malignant", str(good_dir))]),
+            label="Rows",
+        )
+        _, failed = (
+            elements
+            | "Blocked"
+            >> beam.ParDo(WriteHeatmapFn(str(blocked / "heatmaps"), 0.5)).with_exception_handling()
+        )
+        assert_that(
+            failed
+            | beam.Map(error_for_scored)
+            | beam.Map(lambda e: (e.image_path, e.message[:26])),
+            equal_to([("/in/ok.png", "writing the heatmap failed")]),
+            label="Failed",
+        )
+    (written,) = list(good_dir.iterdir())
+    with Image.open(written) as heatmap:
+        assert heatmap.size == (14, 10) and heatmap.mode == "RGB"
+        assert np.asarray(heatmap).std() > 0  # coloured by the map, not a flat copy
+
+
+def test_an_empty_error_output_still_writes_its_header(tmp_path):
+    with test_pipeline.TestPipeline() as pipeline:
+        rows = pipeline | beam.Create([]).with_output_types(ScoringError)
+        _ = rows | WriteCsv(str(tmp_path), "errors", ERROR_COLUMNS)
+    assert (tmp_path / "errors.csv").read_text() == "image_path,error_type,message\n"
+
+
+def test_rows_are_written_under_their_header_in_one_file(tmp_path):
+    rows = [ScoringError("/a,1.png", "ValueError", "bad"), ScoringError("/b.png", "OSError", "")]
+    with test_pipeline.TestPipeline() as pipeline:
+        _ = pipeline | beam.Create(rows) | WriteCsv(str(tmp_path), "errors", ERROR_COLUMNS)
+    assert sorted(os.listdir(tmp_path)) == ["errors.csv"]
+    parsed = list(csv.DictReader(io.StringIO((tmp_path / "errors.csv").read_text())))
+    assert sorted(tuple(row.values()) for row in parsed) == sorted(rows)

@@ -1,0 +1,337 @@
+"""End-to-end runs of pipelines.score on the DirectRunner over synthetic and broken inputs."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pathlib
+import re
+
+import numpy as np
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing import test_pipeline
+from PIL import Image
+
+from model.naming import parse_breakhis_name
+from pipelines import score
+from pipelines.model_handler import METRICS_NAMESPACE
+from pipelines.outputs import PREDICTION_COLUMNS
+from tests.pipelines.conftest import IMAGE_SIZE, load_inputs, run_scoring
+from tests.pipelines.helpers import (
+    assert_metrics_close,
+    distinct_bins,
+    label_index,
+    prediction_rows,
+    read_csv,
+    read_header,
+    read_json,
+    sklearn_metrics,
+)
+
+
+def _distribution_count(result, name: str) -> int:
+    """How many updates a RunInference distribution metric received across the job."""
+    found = result.metrics().query(
+        MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name)
+    )
+    return sum(item.committed.count for item in found["distributions"])
+
+
+def test_every_input_becomes_exactly_one_prediction_or_error_row(in_memory_run, scoring_inputs):
+    rows = prediction_rows(str(in_memory_run.output_dir))
+    errors = read_csv(str(in_memory_run.output_dir / "errors.csv"))
+
+    predicted = [row["image_path"] for row in rows]
+    failed = [row["image_path"] for row in errors]
+    assert sorted(predicted) == scoring_inputs.scorable  # each once, although two patterns overlap
+    assert sorted(failed) == scoring_inputs.broken
+    assert sorted(predicted + failed) == scoring_inputs.matched
+    assert read_header(str(in_memory_run.output_dir / "predictions.csv")) == list(
+        PREDICTION_COLUMNS
+    )
+
+
+def test_unreadable_files_are_reported_with_their_reason(in_memory_run):
+    errors = {
+        os.path.basename(row["image_path"]): row
+        for row in read_csv(str(in_memory_run.output_dir / "errors.csv"))
+    }
+    assert {row["error_type"] for row in errors.values()} == {"ImageDecodeError"}
+    assert "empty file" in errors["zero_bytes.png"]["message"]
+    assert "truncated" in errors["truncated.png"]["message"]
+    assert "cannot identify image" in errors["text_named.png"]["message"]
+
+
+def test_ground_truth_comes_from_breakhis_names_and_is_blank_otherwise(
+    in_memory_run, scoring_inputs
+):
+    rows = {row["image_path"]: row for row in prediction_rows(str(in_memory_run.output_dir))}
+    for path in scoring_inputs.labelled + scoring_inputs.other_modes:
+        info = parse_breakhis_name(path)
+        row = rows[path]
+        assert (row["true_label"], row["patient_id"], row["magnification"], row["subtype"]) == (
+            info.label,
+            info.slide_id,
+            info.magnification,
+            info.subtype,
+        )
+    for path in scoring_inputs.unlabelled:
+        row = rows[path]
+        assert (
+            row["true_label"] == row["patient_id"] == row["magnification"] == row["subtype"] == ""
+        )
+        assert row["predicted_label"] in ("benign", "malignant")
+
+
+def test_scores_equal_a_plain_forward_pass_of_the_training_preprocessing(
+    in_memory_run, scoring_inputs, tiny_export
+):
+    from model.model_card import load_exported_model
+
+    model, card = load_exported_model(tiny_export)
+    paths = scoring_inputs.scorable
+    expected = model.predict(load_inputs(paths), verbose=0).reshape(-1)
+    rows = {row["image_path"]: row for row in prediction_rows(str(in_memory_run.output_dir))}
+    scores = np.array([float(rows[path]["p_malignant"]) for path in paths])
+
+    np.testing.assert_allclose(scores, expected, atol=2e-6)
+    assert scores.std() > 0.05, "the tiny model should give spread-out scores"
+    for path, p in zip(paths, scores, strict=True):
+        assert rows[path]["predicted_label"] == ("malignant" if p >= card.threshold else "benign")
+
+
+def test_metrics_json_agrees_with_sklearn_on_predictions_csv(in_memory_run):
+    report = read_json(str(in_memory_run.output_dir / "metrics.json"))
+    threshold = report["threshold"]
+    labelled = [row for row in prediction_rows(str(in_memory_run.output_dir)) if row["true_label"]]
+    y = [label_index(row["true_label"]) for row in labelled]
+    p = [float(row["p_malignant"]) for row in labelled]
+    assert distinct_bins(p), "test data must not share score bins for exact AUC comparison"
+    assert 0 < sum(y) < len(y)
+
+    assert_metrics_close(
+        report["image_level"]["pooled"], sklearn_metrics(y, p, threshold), "pooled"
+    )
+    by_magnification = collections.defaultdict(list)
+    for row in labelled:
+        by_magnification[row["magnification"]].append(row)
+    assert (
+        set(report["image_level"]["by_magnification"]) == set(by_magnification) == {"40X", "100X"}
+    )
+    for magnification, rows in by_magnification.items():
+        expected = sklearn_metrics(
+            [label_index(r["true_label"]) for r in rows],
+            [float(r["p_malignant"]) for r in rows],
+            threshold,
+        )
+        actual = report["image_level"]["by_magnification"][magnification]
+        assert_metrics_close(actual, expected, magnification)
+
+    patients = collections.defaultdict(list)
+    for row in labelled:
+        patients[row["patient_id"]].append(row)
+    patient_y = [label_index(rows[0]["true_label"]) for rows in patients.values()]
+    patient_p = [np.mean([float(r["p_malignant"]) for r in rows]) for rows in patients.values()]
+    assert_metrics_close(
+        report["patient_level"]["pooled"],
+        sklearn_metrics(patient_y, patient_p, threshold),
+        "patient level",
+    )
+    recognition = np.mean(
+        [
+            np.mean(
+                [
+                    (float(r["p_malignant"]) >= threshold) == (r["true_label"] == "malignant")
+                    for r in rows
+                ]
+            )
+            for rows in patients.values()
+        ]
+    )
+    assert report["image_level"]["pooled"]["patient_recognition_rate"] == pytest.approx(recognition)
+    assert report["counts"]["images"] == len(labelled)
+    assert report["counts"]["patients"] == len(patients) == 5
+
+
+def test_patients_csv_summarises_each_patient(in_memory_run):
+    labelled = [row for row in prediction_rows(str(in_memory_run.output_dir)) if row["true_label"]]
+    patients = {
+        row["patient_id"]: row for row in read_csv(str(in_memory_run.output_dir / "patients.csv"))
+    }
+    grouped = collections.defaultdict(list)
+    for row in labelled:
+        grouped[row["patient_id"]].append(row)
+    assert set(patients) == set(grouped)
+    for patient_id, rows in grouped.items():
+        summary = patients[patient_id]
+        correct = sum(r["predicted_label"] == r["true_label"] for r in rows)
+        malignant_votes = sum(r["predicted_label"] == "malignant" for r in rows)
+        assert int(summary["images"]) == len(rows)
+        assert int(summary["correct"]) == correct
+        assert summary["true_label"] == rows[0]["true_label"]
+        assert float(summary["mean_p_malignant"]) == pytest.approx(
+            np.mean([float(r["p_malignant"]) for r in rows]), abs=1e-6
+        )
+        assert summary["majority_prediction"] == (
+            "malignant" if 2 * malignant_votes >= len(rows) else "benign"
+        )
+
+
+def test_one_heatmap_per_prediction_at_the_image_size(in_memory_run, scoring_inputs):
+    output_dir = in_memory_run.output_dir
+    rows = prediction_rows(str(output_dir))
+    heatmap_dir = output_dir / "heatmaps"
+    heatmap_paths = [row["heatmap_path"] for row in rows]
+
+    assert len(set(heatmap_paths)) == len(rows)  # tile.png in folders a/ and b/ do not collide
+    assert sorted(str(path) for path in heatmap_dir.iterdir()) == sorted(heatmap_paths)
+    for row in rows:
+        heatmap = Image.open(row["heatmap_path"])
+        original = Image.open(row["image_path"])
+        assert pathlib.Path(row["heatmap_path"]).parent == heatmap_dir
+        assert heatmap.mode == "RGB" and heatmap.size == original.size
+        difference = np.abs(
+            np.asarray(heatmap, dtype=np.int16)
+            - np.asarray(original.convert("RGB"), dtype=np.int16)
+        )
+        assert difference.mean() > 1.0, "the overlay should colour the image"
+
+
+def test_plots_are_written_as_images(in_memory_run):
+    for name in ("roc.png", "pr.png", "confusion_matrix.png"):
+        with Image.open(in_memory_run.output_dir / "plots" / name) as plot:
+            assert plot.format == "PNG" and min(plot.size) > 200
+
+
+def test_summary_counts_add_up(in_memory_run, scoring_inputs):
+    summary = read_json(str(in_memory_run.output_dir / "summary.json"))
+    rows = prediction_rows(str(in_memory_run.output_dir))
+
+    assert summary["inputs_matched"] == len(scoring_inputs.matched)
+    assert summary["inputs_matched"] == summary["scored"] + summary["failed"]
+    assert summary["scored"] == len(rows) and summary["failed"] == len(scoring_inputs.broken)
+    assert summary["predictions_per_class"] == dict(
+        collections.Counter(row["predicted_label"] for row in rows)
+    )
+    assert summary["labelled_images"] == len(scoring_inputs.labelled + scoring_inputs.other_modes)
+    assert summary["non_image_files_skipped"] == len(scoring_inputs.skipped)
+    assert summary["model_id"] == "tiny-test" and summary["image_size"] == IMAGE_SIZE
+    assert summary["runner"] == "DirectRunner" and summary["direct_running_mode"] == "in_memory"
+    assert summary["wall_time_seconds"] > 0
+
+
+def test_the_model_is_loaded_once_and_run_once_per_batch(in_memory_run, scoring_inputs):
+    result = in_memory_run.result
+    scorable = len(scoring_inputs.scorable)
+    assert _distribution_count(result, "load_model_latency_milli_secs") == 1
+    batches = _distribution_count(result, "inference_request_batch_size")
+    assert batches < scorable  # batched, not one call per image
+    found = result.metrics().query(MetricsFilter().with_name("num_inferences"))
+    assert sum(item.committed for item in found["counters"]) == scorable
+
+
+def test_multi_processing_runs_give_the_same_rows_in_shards(
+    tmp_path, scoring_inputs, tiny_export, in_memory_run
+):
+    output_dir = tmp_path / "out"
+    result = run_scoring(
+        [
+            "--input",
+            os.path.join(scoring_inputs.root, "**"),
+            "--model_dir",
+            tiny_export,
+            "--output_dir",
+            str(output_dir),
+            "--batch_size",
+            "4",
+            "--num_shards",
+            "2",
+            "--direct_num_workers",
+            "2",
+            "--direct_running_mode",
+            "multi_processing",
+        ]
+    )
+    shards = sorted(path.name for path in output_dir.glob("predictions*.csv"))
+    assert shards == ["predictions-00000-of-00002.csv", "predictions-00001-of-00002.csv"]
+    for shard in shards:
+        assert read_header(str(output_dir / shard)) == list(PREDICTION_COLUMNS)
+
+    expected = {row["image_path"]: row for row in prediction_rows(str(in_memory_run.output_dir))}
+    rows = {row["image_path"]: row for row in prediction_rows(str(output_dir))}
+    assert set(rows) == set(expected)
+    for path, row in rows.items():
+        assert float(row["p_malignant"]) == pytest.approx(
+            float(expected[path]["p_malignant"]), abs=1e-5
+        )
+        assert os.path.isfile(row["heatmap_path"])
+    errors = read_csv(str(output_dir / "errors.csv"))
+    assert sorted(row["image_path"] for row in errors) == scoring_inputs.broken
+    summary = read_json(str(output_dir / "summary.json"))
+    assert summary["inputs_matched"] == summary["scored"] + summary["failed"]
+    assert summary["direct_running_mode"] == "multi_processing"
+    assert summary["direct_num_workers"] == 2
+    assert 1 <= _distribution_count(result, "load_model_latency_milli_secs") <= 2
+
+
+def test_no_gradcam_on_unlabelled_images_writes_predictions_only(
+    tmp_path, scoring_inputs, tiny_export, in_memory_run
+):
+    output_dir = tmp_path / "out"
+    argv = [
+        "--input",
+        os.path.join(scoring_inputs.root, "unlabelled", "**"),
+        "--model_dir",
+        tiny_export,
+        "--output_dir",
+        str(output_dir),
+        "--no_gradcam",
+    ]
+    # Beam's run(argv, save_main_session, test_pipeline) contract: the given pipeline is used.
+    score.run(argv, save_main_session=False, test_pipeline=test_pipeline.TestPipeline())
+    rows = prediction_rows(str(output_dir))
+    expected = {row["image_path"]: row for row in prediction_rows(str(in_memory_run.output_dir))}
+    assert sorted(row["image_path"] for row in rows) == scoring_inputs.unlabelled
+    for row in rows:
+        assert row["heatmap_path"] == ""
+        # Same model without the gradient tape: equal up to float32 rounding.
+        assert float(row["p_malignant"]) == pytest.approx(
+            float(expected[row["image_path"]]["p_malignant"]), abs=1e-5
+        )
+    assert not (output_dir / "heatmaps").exists()
+    assert not (output_dir / "metrics.json").exists() and not (output_dir / "plots").exists()
+    assert read_csv(str(output_dir / "errors.csv")) == []  # header only, still written
+    assert read_header(str(output_dir / "errors.csv")) == ["image_path", "error_type", "message"]
+    assert read_json(str(output_dir / "summary.json"))["labelled_images"] == 0
+
+
+def test_main_exits_non_zero_when_too_many_inputs_fail_and_logs_progress(
+    tmp_path, scoring_inputs, tiny_export, capsys, caplog
+):
+    argv = [
+        "--input",
+        os.path.join(scoring_inputs.root, "broken", "*.png"),
+        scoring_inputs.labelled[0],
+        "--model_dir",
+        tiny_export,
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--no_gradcam",
+        "--progress_interval",
+        "0",
+    ]
+    with caplog.at_level(logging.INFO, logger="pipelines.progress"):
+        code = score.main(argv + ["--max_error_fraction", "0.5"])
+    assert code == score.EXIT_TOO_MANY_ERRORS
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: 3 of 4 inputs failed") and "\n" not in message
+
+    progress = [
+        record.getMessage() for record in caplog.records if "Progress" in record.getMessage()
+    ]
+    counts = [int(re.search(r"finished (\d+) of 4 matched", line)[1]) for line in progress]
+    assert counts == [1, 2, 3, 4]
+
+    assert score.main(argv + ["--max_error_fraction", "0.75"]) == 0
