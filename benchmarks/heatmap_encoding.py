@@ -1,20 +1,23 @@
 """Cost of writing one Grad-CAM overlay per image: PNG compression levels against PIL's default.
 
-    python benchmarks/heatmap_encoding.py [--images 20] [--width 700] [--height 460]
+    python benchmarks/heatmap_encoding.py [--images 20] [--image_dir DIR | --width 700 --height 460]
 
-Draws synthetic 700x460 tiles (or any size), overlays a heatmap, and times the overlay and PNG
-encoding at several compression levels. Prints each variant's time and size as a ratio of PIL's
+Takes real images (the first --images PNGs under --image_dir, e.g. ../shared/breakhis-sample) or
+synthetic tiles, overlays a heatmap, and times the overlay and PNG encoding at several
+compression levels. Prints each variant's time and size as a ratio of PIL's
 default (level 6) measured in the same run; the pipeline uses level 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import time
 
 import numpy as np
 
 from model.gradcam import encode_png, overlay_heatmap
+from model.preprocessing import decode_image
 from model.synthetic_data import draw_tile
 
 
@@ -26,11 +29,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--width", type=int, default=700)
     parser.add_argument("--height", type=int, default=460)
+    parser.add_argument("--image_dir", help="read real PNGs from here instead of drawing tiles")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    tiles = [
-        draw_tile(rng, bool(i % 2), args.width, args.height, "100X") for i in range(args.images)
-    ]
+    if args.image_dir:
+        paths = sorted(pathlib.Path(args.image_dir).rglob("*.png"))[: args.images]
+        tiles = [decode_image(path.read_bytes()) for path in paths]
+        source = f"real images from {args.image_dir}"
+    else:
+        tiles = [
+            draw_tile(rng, bool(i % 2), args.width, args.height, "100X") for i in range(args.images)
+        ]
+        source = "synthetic tiles"
     heatmaps = [rng.random((4, 4)).astype(np.float32) for _ in tiles]
 
     started = time.perf_counter()
@@ -48,8 +58,8 @@ def main() -> None:
             float(np.mean(sizes)),
         )
     base_ms, base_bytes = results[6]
-    size = f"{args.width}x{args.height}"
-    print(f"{args.images} overlays of {size}; the overlay itself {overlay_ms:.1f} ms/image")
+    shape = "x".join(str(side) for side in tiles[0].shape[1::-1])
+    print(f"{len(tiles)} overlays ({source}, first {shape}); overlay {overlay_ms:.1f} ms/image")
     print(f"{'PNG level':>10} {'ms/image':>9} {'x time':>7} {'KB/image':>9} {'x size':>7}")
     for level, (ms, size) in sorted(results.items()):
         note = "  (PIL default, baseline)" if level == 6 else "  (pipeline)" if level == 1 else ""

@@ -55,6 +55,7 @@ from pipelines.outputs import (
     errors_for_batch,
 )
 from pipelines.progress import DEFAULT_INTERVAL_SECONDS, ReportProgressFn
+from pipelines.report import ERROR_SAMPLE, GalleryFn, write_scoring_report
 from pipelines.report_writer import read_summary, write_metrics, write_summary
 
 logger = logging.getLogger(__name__)
@@ -211,10 +212,13 @@ def build_pipeline(
         config.output_dir, PREDICTIONS_NAME, PREDICTION_COLUMNS, config.num_shards
     )
     _ = errors | "WriteErrors" >> WriteCsv(config.output_dir, ERRORS_NAME, ERROR_COLUMNS)
-    _ = (
-        records
-        | "ComputeMetrics" >> ComputeMetrics(config.threshold)
-        | "WriteMetrics" >> beam.Map(write_metrics, config.output_dir, config.threshold)
+    metrics_inputs = records | "ComputeMetrics" >> ComputeMetrics(config.threshold)
+    metrics = metrics_inputs | "WriteMetrics" >> beam.Map(
+        write_metrics, config.output_dir, config.threshold
+    )
+    gallery = records | "SelectGallery" >> beam.CombineGlobally(GalleryFn())
+    error_sample = errors | "SampleErrors" >> beam.combiners.Top.Of(
+        ERROR_SAMPLE, key=lambda error: error.image_path, reverse=True
     )
 
     failed = errors | "CountFailed" >> beam.combiners.Count.Globally()
@@ -227,7 +231,7 @@ def build_pipeline(
         _ = finished | label >> beam.ParDo(
             ReportProgressFn(job_id, config.progress_interval), beam.pvalue.AsSingleton(matched)
         )
-    _ = (
+    summary = (
         pipeline
         | "SummaryTrigger" >> beam.Create([None])
         | "WriteSummary"
@@ -241,6 +245,16 @@ def build_pipeline(
             job=job,
             started_at=started_at,
         )
+    )
+    _ = summary | "WriteReport" >> beam.Map(
+        write_scoring_report,
+        metrics=beam.pvalue.AsSingleton(metrics),
+        metrics_inputs=beam.pvalue.AsSingleton(metrics_inputs),
+        gallery=beam.pvalue.AsSingleton(gallery),
+        errors=beam.pvalue.AsSingleton(error_sample),
+        output_dir=config.output_dir,
+        threshold=config.threshold,
+        gradcam=config.gradcam,
     )
 
 

@@ -1,0 +1,189 @@
+"""report.html of a scoring run: bounded gallery selection, error sample, and the page itself.
+
+The gallery keeps only the few images it will show (the most confident calls of each class and
+the most confidently wrong ones), pruned as rows stream in, so memory does not grow with the
+number of images; the error table shows a bounded sample (errors.csv has them all).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+
+from model import storage
+from model.gradcam import encode_png
+from model.html_report import (
+    GALLERY_CATEGORIES,
+    GalleryItem,
+    is_misclassified,
+    render_report,
+    select_gallery,
+    write_report,
+)
+from model.naming import basename
+from model.preprocessing import decode_image
+from model.report_assets import downsize
+from pipelines.aggregates import MetricsInputs
+from pipelines.outputs import HEATMAP_DIR, ScoredImage, ScoringError, heatmap_name
+from pipelines.report_writer import PATIENT_COLUMNS, PLOTS_DIR, patient_table
+
+logger = logging.getLogger(__name__)
+
+PER_CATEGORY = 12
+MAX_MISCLASSIFIED = 48
+ERROR_SAMPLE = 200
+ASSETS_DIR = "report_assets"
+_GALLERY_FIELDS = ("image_path", "p_malignant", "predicted_label", "true_label", "heatmap_path")
+
+
+def gallery_category(row: Mapping[str, Any]) -> str:
+    """Which gallery section a prediction row would belong to."""
+    if is_misclassified(row):
+        return "misclassified"
+    return f"confident_{row['predicted_label']}"
+
+
+class GalleryFn(beam.CombineFn):
+    """ScoredImages -> (select_gallery's picks, rows per category), in bounded memory."""
+
+    def __init__(
+        self, per_category: int = PER_CATEGORY, max_misclassified: int = MAX_MISCLASSIFIED
+    ):
+        self._per_category = per_category
+        self._max_misclassified = max_misclassified
+        self._prune_at = 4 * (2 * per_category + max_misclassified) + 64
+
+    def _prune(self, rows: list[dict]) -> list[dict]:
+        picks = select_gallery(rows, self._per_category, self._max_misclassified)
+        return [row for category in GALLERY_CATEGORIES for row in picks[category]]
+
+    def create_accumulator(self) -> tuple[list[dict], collections.Counter]:
+        """No candidates, no counts."""
+        return [], collections.Counter()
+
+    def add_input(self, accumulator, record: ScoredImage):
+        """Keep the row as a candidate (pruning when the list grows) and count its category."""
+        rows, totals = accumulator
+        row = {field: getattr(record, field) for field in _GALLERY_FIELDS}
+        rows.append(row)
+        totals[gallery_category(row)] += 1
+        if len(rows) > self._prune_at:
+            rows[:] = self._prune(rows)
+        return rows, totals
+
+    def merge_accumulators(self, accumulators: Iterable):
+        """Concatenate candidates (pruned) and add counts."""
+        merged_rows: list[dict] = []
+        merged_totals: collections.Counter = collections.Counter()
+        for rows, totals in accumulators:
+            merged_rows.extend(rows)
+            merged_totals.update(totals)
+            if len(merged_rows) > self._prune_at:
+                merged_rows = self._prune(merged_rows)
+        return merged_rows, merged_totals
+
+    def extract_output(self, accumulator) -> tuple[dict[str, list[dict]], dict[str, int]]:
+        """The final picks per category and how many rows each category had."""
+        rows, totals = accumulator
+        picks = select_gallery(rows, self._per_category, self._max_misclassified)
+        return picks, dict(totals)
+
+
+def _gallery_items(picks: Mapping[str, Sequence[Mapping]], output_dir: str) -> list[GalleryItem]:
+    """Write a downsized copy of each picked original; link it beside its overlay."""
+    items = []
+    for category in GALLERY_CATEGORIES:
+        for row in picks.get(category, []):
+            if not row["heatmap_path"]:
+                continue
+            name = heatmap_name(row["image_path"])
+            original_href = f"{ASSETS_DIR}/{name}"
+            try:
+                original = downsize(decode_image(storage.read_bytes(row["image_path"])))
+            except Exception as error:  # the file changed since scoring: show the rest
+                logger.warning("Gallery skips %s: %s", row["image_path"], error)
+                continue
+            storage.write_bytes(storage.join(output_dir, ASSETS_DIR, name), encode_png(original))
+            items.append(
+                GalleryItem(
+                    image_path=row["image_path"],
+                    original_href=original_href,
+                    overlay_href=f"{HEATMAP_DIR}/{basename(row['heatmap_path'])}",
+                    p_malignant=float(row["p_malignant"]),
+                    predicted_label=row["predicted_label"],
+                    true_label=row["true_label"] or None,
+                    category=category,
+                )
+            )
+    return items
+
+
+def write_scoring_report(
+    summary: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None,
+    metrics_inputs: MetricsInputs,
+    gallery: tuple[dict, dict],
+    errors: Sequence[ScoringError],
+    output_dir: str,
+    threshold: float,
+    gradcam: bool,
+) -> str:
+    """Render and write report.html (a Beam Map over the one summary element); returns its path."""
+    picks, totals = gallery
+    items = _gallery_items(picks, output_dir) if gradcam else []
+    patients = [
+        dict(zip(PATIENT_COLUMNS, row, strict=True))
+        for row in patient_table(metrics_inputs.patient_rows, threshold)
+    ]
+    plots = {}
+    if metrics is not None:
+        plots = {
+            "ROC": f"{PLOTS_DIR}/roc.png",
+            "Precision-recall": f"{PLOTS_DIR}/pr.png",
+            "Confusion matrix": f"{PLOTS_DIR}/confusion_matrix.png",
+        }
+    notes = [
+        f"Scored with model {summary.get('model_id')} at decision threshold {threshold:.4f} "
+        "(chosen on the training job's validation split).",
+    ]
+    if not gradcam:
+        notes.append("Run with --no_gradcam: no heatmaps, so no Grad-CAM gallery.")
+    failed = int(summary.get("failed", 0))
+    if failed > len(errors):
+        notes.append(f"The error table shows {len(errors)} of {failed} errors; see errors.csv.")
+    html = render_report(
+        title="BreakHis classifier: scoring run",
+        metrics=metrics,
+        plots=plots,
+        gallery=items,
+        patients=patients,
+        errors=[error._asdict() for error in sorted(errors)],
+        summary=_summary_rows(summary),
+        notes=notes,
+        gallery_totals=totals,
+    )
+    return write_report(output_dir, html)
+
+
+def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary.json fields worth a line on the page."""
+    keys = (
+        "inputs_matched",
+        "scored",
+        "failed",
+        "labelled_images",
+        "non_image_files_skipped",
+        "model_id",
+        "runner",
+        "direct_num_workers",
+        "wall_time_seconds",
+        "finished_at",
+    )
+    rows = {key: summary[key] for key in keys if key in summary}
+    for name, count in summary.get("predictions_per_class", {}).items():
+        rows[f"predicted_{name}"] = count
+    return rows
