@@ -87,6 +87,14 @@ def normalize(images):
     return images[..., ::-1] - VGG16_BGR_MEAN
 
 
+def model_input(rgb: np.ndarray, image_size: int) -> np.ndarray:
+    """A decoded HxWx3 uint8 image to the float32 model input (image_size x image_size x 3).
+
+    For callers that keep the decoded original (Grad-CAM overlays) and must not decode twice.
+    """
+    return normalize(resize_image(rgb, image_size).astype(np.float32))
+
+
 def preprocess_image(data: bytes, image_size: int) -> np.ndarray:
     """Image file bytes to the float32 model input (image_size x image_size x 3)."""
-    return normalize(load_image(data, image_size).astype(np.float32))
+    return model_input(decode_image(data), image_size)

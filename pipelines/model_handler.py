@@ -22,7 +22,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
 from model import storage
-from model.preprocessing import decode_image, normalize, resize_image
+from model.preprocessing import decode_image, model_input
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,11 @@ class ImageScore(NamedTuple):
 def prepare_image(path: str, image_size: int, keep_original: bool) -> tuple[str, PreparedImage]:
     """Read and decode a file once: (path, model input and, for Grad-CAM, the original image).
 
-    The model input is exactly `model.preprocessing.preprocess_image` (decode, resize,
-    normalise), split so the decoded original is kept for the overlay without a second decode.
+    `decode_image` then `model_input` is exactly `model.preprocessing.preprocess_image`, split
+    so the decoded original is kept for the overlay without a second decode.
     """
     rgb = decode_image(storage.read_bytes(path))
-    model_input = normalize(resize_image(rgb, image_size).astype(np.float32))
-    return path, PreparedImage(model_input, rgb if keep_original else None)
+    return path, PreparedImage(model_input(rgb, image_size), rgb if keep_original else None)
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ from model import storage
 from model.gradcam import gradcam_model, predict_with_gradcam
 from model.html_report import GalleryItem, render_report, select_gallery
 from model.metrics import patient_rows_from_records
-from model.preprocessing import decode_image, normalize, resize_image
+from model.preprocessing import decode_image, model_input
 from model.report_assets import gallery_pair
 
 logger = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ def write_training_report(
     gallery: list[GalleryItem] = []
     if chosen:
         originals = [decode_image(storage.read_bytes(row["image_path"])) for _, row in chosen]
-        batch = np.stack(
-            [normalize(resize_image(o, image_size).astype(np.float32)) for o in originals]
-        )
+        batch = np.stack([model_input(original, image_size) for original in originals])
         _, heatmaps = predict_with_gradcam(gradcam_model(model), batch, threshold)
         os.makedirs(os.path.join(work_dir, ASSETS_DIR), exist_ok=True)
         for index, ((category, row), original, heatmap) in enumerate(
