@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io
 import logging
+import os
 import random
 from collections.abc import Iterable, Sequence
 
@@ -51,6 +52,9 @@ def discover_images(data_dir: str, magnifications: Sequence[str] = MAGNIFICATION
     unknown = sorted(set(magnifications) - set(MAGNIFICATIONS))
     if unknown:
         raise DataError(f"unknown magnification(s) {unknown}; choose from {list(MAGNIFICATIONS)}")
+    if not storage.is_remote(data_dir):
+        # Absolute, so split.csv (and manifests made from it) do not depend on the working folder.
+        data_dir = os.path.abspath(data_dir)
     paths = [path for path in storage.list_files(data_dir) if is_image_file(path)]
     images, unparsed, skipped = [], [], 0
     for path in paths:

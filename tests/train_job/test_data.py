@@ -145,3 +145,9 @@ def test_split_shares_stay_near_the_fractions_despite_one_huge_specimen():
             of_class = [row for row in rows if row["label"] == label]
             test_share = sum(row["split"] == "test" for row in of_class) / len(of_class)
             assert 0.1 <= test_share <= 0.3, (seed, label, test_share)
+
+
+def test_discovery_records_absolute_paths_for_a_relative_folder(synthetic_data_dir, monkeypatch):
+    monkeypatch.chdir(synthetic_data_dir.parent)
+    found = data.discover_images(synthetic_data_dir.name)
+    assert all(image.path.startswith(str(synthetic_data_dir)) for image in found.images)
