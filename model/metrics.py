@@ -164,11 +164,20 @@ def choose_threshold(y_true: Sequence[int], p_malignant: Sequence[float]) -> tup
     youden = tpr - fpr
     best = youden.max()
     tied = np.flatnonzero(np.isclose(youden, best, rtol=0.0, atol=1e-12))
-    chosen = tied[np.argmin(np.abs(thresholds[tied] - 0.5))]
-    threshold = float(np.clip(thresholds[chosen], 0.0, 1.0))
+    # A cut exactly at a validation score sits on the edge of the gap between two scores; its
+    # midpoint with the next lower score classifies validation identically and leaves margin
+    # on both sides for unseen images.
+    distinct = np.unique(p)
+    cuts = []
+    for index in tied:
+        lower = distinct[distinct < thresholds[index]]
+        cuts.append((thresholds[index] + lower[-1]) / 2.0 if lower.size else thresholds[index])
+    cuts = np.asarray(cuts)
+    threshold = float(np.clip(cuts[np.argmin(np.abs(cuts - 0.5))], 0.0, 1.0))
     rule = (
         f"Maximised Youden's J (sensitivity + specificity - 1 = {best:.3f}) on the validation "
-        f"split over its {thresholds.size} distinct scores, ties broken towards 0.5."
+        f"split over its {thresholds.size} distinct scores, cutting midway between the two "
+        "scores that bound the best cut, ties broken towards 0.5."
     )
     return threshold, rule
 

@@ -190,16 +190,25 @@ def test_majority_baseline_from_counts_equals_exact_metrics_of_constant_scores(y
 
 def test_choose_threshold_maximises_youden_j_on_separable_scores():
     threshold, rule = choose_threshold([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9])
-    # Only the cut at 0.7 gives sensitivity 1 and specificity 1.
-    assert threshold == pytest.approx(0.7)
+    # Only cuts between 0.2 and 0.7 give sensitivity 1 and specificity 1; the rule takes the
+    # middle of that gap.
+    assert threshold == pytest.approx(0.45)
     assert "Youden" in rule
     result = binary_metrics([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9], threshold)
     assert result["sensitivity"] == 1.0 and result["specificity"] == 1.0
 
 
+def test_choose_threshold_leaves_a_margin_below_saturated_malignant_scores():
+    # Validation malignant scores all near 1: a cut at the lowest of them would call a test
+    # image scored 0.99 benign; the midpoint of the gap does not.
+    threshold, _ = choose_threshold([0, 0, 1, 1], [0.05, 0.3, 0.9986, 0.9999])
+    assert threshold == pytest.approx((0.3 + 0.9986) / 2)
+
+
 def test_choose_threshold_breaks_ties_towards_one_half():
-    # Cuts 0.9 (sens 1/2, spec 1) and 0.2 (sens 1, spec 1/2) both give J = 1/2; 0.2 is nearer 0.5.
-    threshold, _ = choose_threshold([0, 1, 0, 1], [0.1, 0.2, 0.8, 0.9])
+    # Cuts between 0.1|0.3 (sens 1, spec 1/2) and 0.8|0.9 (sens 1/2, spec 1) both give J = 1/2;
+    # their midpoints are 0.2 and 0.85, and 0.2 is nearer 0.5.
+    threshold, _ = choose_threshold([0, 1, 0, 1], [0.1, 0.3, 0.8, 0.9])
     assert threshold == pytest.approx(0.2)
 
 
