@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from typing import Any
@@ -17,7 +18,7 @@ import apache_beam as beam
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_INTERVAL_SECONDS = 30.0
+DEFAULT_INTERVAL_SECONDS = 10.0
 
 
 class _ProcessProgress:
@@ -65,20 +66,67 @@ class ReportProgressFn(beam.DoFn):
             if state.started is None:
                 state.started = state.last_report = now
             state.done += 1
-            elapsed = now - state.last_report
-            if elapsed < self._interval and state.done < matched:
+            self._matched = matched
+            if now - state.last_report < self._interval and state.done < matched:
                 return
-            recent = (state.done - state.done_at_last_report) / elapsed if elapsed > 0 else 0.0
-            overall = state.done / (now - state.started) if now > state.started else 0.0
-            state.last_report, state.done_at_last_report = now, state.done
-            done = state.done
-        logger.info(
-            "Progress: worker process %d has finished %d of %d matched images "
-            "(%.1f images/s over the last %.0fs, %.1f/s since its first image)",
-            os.getpid(),
-            done,
-            matched,
-            recent,
-            elapsed,
-            overall,
+            line = self._take_report(now, matched)
+        logger.info(line)
+
+    def finish_bundle(self) -> None:
+        """Report what this bundle added, so every process ends with a line of its own."""
+        state = self._state
+        matched = getattr(self, "_matched", None)
+        if matched is None:
+            return
+        with state.lock:
+            if state.done == state.done_at_last_report:
+                return
+            line = self._take_report(time.monotonic(), matched)
+        logger.info(line)
+
+    def _take_report(self, now: float, matched: int) -> str:
+        """The progress line since the last report (caller holds the lock), and reset the clock."""
+        state = self._state
+        elapsed = now - state.last_report
+        recent = (state.done - state.done_at_last_report) / elapsed if elapsed > 0 else 0.0
+        overall = state.done / (now - state.started) if now > state.started else 0.0
+        state.last_report, state.done_at_last_report = now, state.done
+        return (
+            f"Progress: worker process {os.getpid()} has finished {state.done} of {matched} "
+            f"matched images ({recent:.1f} images/s over the last {elapsed:.0f}s, "
+            f"{overall:.1f}/s since its first image)"
         )
+
+
+class WorkerLogFilter(logging.Filter):
+    """Shortens the DirectRunner's relayed worker logs and drops Beam's own chatter.
+
+    In multi_processing mode every worker log line arrives as one long protobuf dump; this
+    keeps the lines our packages logged (and any error), reduced to the message itself.
+    """
+
+    _MESSAGE = re.compile(r'message: "(?P<message>(?:[^"\\]|\\.)*)"')
+    _LOCATION = re.compile(r'log_location: "(?P<location>[^"]*)"')
+    _OURS = ("/pipelines/", "/model/", "/train_job/")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep (rewritten) our packages' lines and errors; drop the rest."""
+        text = record.getMessage()
+        if not text.startswith("Worker:"):
+            return True
+        location = self._LOCATION.search(text)
+        ours = location is not None and any(part in location["location"] for part in self._OURS)
+        if not ours and record.levelno < logging.ERROR:
+            return False
+        message = self._MESSAGE.search(text)
+        if message is not None:
+            record.msg, record.args = "worker: %s", (message["message"],)
+        return True
+
+
+RELAY_LOGGER = "apache_beam.runners.portability.local_job_service"
+
+
+def quiet_worker_logs() -> None:
+    """Install WorkerLogFilter on the logger that relays multi_processing worker logs."""
+    logging.getLogger(RELAY_LOGGER).addFilter(WorkerLogFilter())

@@ -54,7 +54,7 @@ from pipelines.outputs import (
     error_for_scored,
     errors_for_batch,
 )
-from pipelines.progress import DEFAULT_INTERVAL_SECONDS, ReportProgressFn
+from pipelines.progress import DEFAULT_INTERVAL_SECONDS, ReportProgressFn, quiet_worker_logs
 from pipelines.report import ERROR_SAMPLE, GalleryFn, write_scoring_report
 from pipelines.report_writer import read_summary, write_metrics, write_summary
 
@@ -310,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Beam logs every string annotation it meets at INFO; they say nothing about the job.
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
+    quiet_worker_logs()
     try:
         result = run(argv)
     except LaunchError as error:
