@@ -11,13 +11,18 @@ import tensorflow as tf
 logger = logging.getLogger(__name__)
 
 
+def worker_count(tf_config: str) -> int:
+    """How many workers (chief included) a TF_CONFIG value names; 1 when unset or empty."""
+    cluster = json.loads(tf_config or "{}").get("cluster", {})
+    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
+
+
 def choose_strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else MirroredStrategy.
 
     MirroredStrategy with no GPU runs one replica on the CPU, so the same job runs anywhere.
     """
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    workers = worker_count(os.environ.get("TF_CONFIG", ""))
     if workers > 1:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         logger.info("MultiWorkerMirroredStrategy over %d workers", workers)
