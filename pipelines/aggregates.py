@@ -115,13 +115,13 @@ class PatientTallyFn(beam.CombineFn):
 
 
 def patient_row(keyed: tuple[tuple[str, str], PatientTally]) -> dict[str, Any]:
-    """A keyed tally as the row `model.metrics.report_from_summaries` takes."""
+    """A keyed tally as the row `model.evaluation.report_from_summaries` takes."""
     (patient_id, magnification), tally = keyed
     return {
         "patient_id": patient_id,
         "magnification": magnification or None,
         # A patient's label is its images' majority label (BreakHis patients have one),
-        # ties to malignant as in model.metrics.
+        # ties to malignant as in model.evaluation.
         "label": int(2 * tally.true_malignant >= tally.images),
         "images": tally.images,
         "correct": tally.correct,

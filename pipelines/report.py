@@ -15,6 +15,7 @@ from typing import Any
 import apache_beam as beam
 
 from model import storage
+from model.evaluation import PATIENT_COLUMNS, patient_table
 from model.gradcam import encode_png
 from model.html_report import (
     GALLERY_CATEGORIES,
@@ -29,7 +30,7 @@ from model.preprocessing import decode_image
 from model.report_assets import downsize
 from pipelines.aggregates import MetricsInputs
 from pipelines.outputs import HEATMAP_DIR, ScoredImage, ScoringError, heatmap_name
-from pipelines.report_writer import PATIENT_COLUMNS, PLOTS_DIR, patient_table
+from pipelines.report_writer import PLOTS_DIR
 
 logger = logging.getLogger(__name__)
 

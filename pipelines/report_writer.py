@@ -6,12 +6,12 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from model import storage
 from model.constants import CLASS_NAMES
-from model.metrics import report_from_summaries
+from model.evaluation import PATIENT_COLUMNS, patient_table, report_from_summaries
 from pipelines.aggregates import POOLED, MetricsInputs
 from pipelines.outputs import csv_line
 
@@ -21,47 +21,10 @@ METRICS_FILE = "metrics.json"
 PATIENTS_FILE = "patients.csv"
 SUMMARY_FILE = "summary.json"
 PLOTS_DIR = "plots"
-PATIENT_COLUMNS: tuple[str, ...] = (
-    "patient_id",
-    "true_label",
-    "images",
-    "correct",
-    "accuracy",
-    "mean_p_malignant",
-    "predicted_malignant_images",
-    "majority_prediction",
-    "mean_p_prediction",
-)
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, allow_nan=False) + "\n"
-
-
-def patient_table(rows: Sequence[Mapping[str, Any]], threshold: float) -> list[list[Any]]:
-    """patients.csv rows (pooled over magnifications), sorted by patient id."""
-    table = []
-    for row in sorted(rows, key=lambda r: r["patient_id"]):
-        if row["magnification"] is not None:
-            continue
-        images = row["images"]
-        mean_p = round(row["sum_p"] / images, 6)
-        table.append(
-            [
-                row["patient_id"],
-                CLASS_NAMES[row["label"]],
-                images,
-                row["correct"],
-                round(row["correct"] / images, 6),
-                mean_p,
-                row["predicted_malignant"],
-                # Ties go to malignant, as for the true label.
-                CLASS_NAMES[int(2 * row["predicted_malignant"] >= images)],
-                # The patient-level metrics in metrics.json score a patient by its mean p.
-                CLASS_NAMES[int(mean_p >= threshold)],
-            ]
-        )
-    return table
 
 
 def _curves(inputs: MetricsInputs, report: Mapping[str, Any]) -> tuple[dict, dict]:

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from model import plots
-from model.metrics import evaluate
+from model.evaluation import evaluate
 
 
 def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:

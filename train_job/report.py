@@ -10,9 +10,9 @@ import keras
 import numpy as np
 
 from model import storage
+from model.evaluation import PATIENT_COLUMNS, patient_rows_from_records, patient_table
 from model.gradcam import gradcam_model, predict_with_gradcam
 from model.html_report import GalleryItem, render_report, select_gallery
-from model.metrics import patient_rows_from_records
 from model.preprocessing import decode_image, model_input
 from model.report_assets import gallery_pair
 
@@ -42,8 +42,8 @@ def prediction_rows(split_rows: Sequence[dict], p_malignant: np.ndarray, thresho
     ]
 
 
-def patient_table(rows: Sequence[dict], threshold: float) -> list[dict]:
-    """Per patient (pooled over magnifications): images, correct, mean p, calls, true label."""
+def patient_table_rows(rows: Sequence[dict], threshold: float) -> list[dict]:
+    """The report's per-patient table, computed as the scoring pipeline's patients.csv is."""
     records = [
         {
             "label": int(row["true_label"] == "malignant"),
@@ -53,26 +53,11 @@ def patient_table(rows: Sequence[dict], threshold: float) -> list[dict]:
         }
         for row in rows
     ]
-    table = []
-    for patient in patient_rows_from_records(records, threshold):
-        if patient["magnification"] is not None:
-            continue
-        mean_p = patient["sum_p"] / patient["images"]
-        of_patient = [row for row in rows if row["patient_id"] == patient["patient_id"]]
-        malignant_calls = sum(row["predicted_label"] == "malignant" for row in of_patient)
-        table.append(
-            {
-                "patient_id": patient["patient_id"],
-                "true_label": "malignant" if patient["label"] else "benign",
-                "images": patient["images"],
-                "correct": patient["correct"],
-                "mean_p_malignant": mean_p,
-                "majority_prediction": "malignant"
-                if malignant_calls * 2 >= len(of_patient)
-                else "benign",
-            }
-        )
-    return table
+    patient_rows = patient_rows_from_records(records, threshold)
+    return [
+        dict(zip(PATIENT_COLUMNS, values, strict=True))
+        for values in patient_table(patient_rows, threshold)
+    ]
 
 
 def write_training_report(
@@ -129,7 +114,7 @@ def write_training_report(
         metrics=metrics,
         plots=PLOTS,
         gallery=gallery,
-        patients=patient_table(rows, threshold),
+        patients=patient_table_rows(rows, threshold),
         errors=errors,
         summary=summary,
         notes=notes,

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from model import html_report
+from model.evaluation import evaluate
 from model.html_report import GalleryItem, render_report, select_gallery, write_report
-from model.metrics import evaluate
 from tests import browser
 
 HEADLINE_KEYS = (

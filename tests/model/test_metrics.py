@@ -8,19 +8,21 @@ import pickle
 import numpy as np
 import pytest
 
+from model.evaluation import (
+    evaluate,
+    patient_rows_from_records,
+    records_from_arrays,
+    report_from_summaries,
+)
 from model.metrics import (
     METRIC_NAMES,
     N_BINS,
     StreamingSummary,
     binary_metrics,
     choose_threshold,
-    evaluate,
     majority_baseline,
     majority_baseline_from_counts,
     patient_recognition_rate,
-    patient_rows_from_records,
-    records_from_arrays,
-    report_from_summaries,
 )
 
 # Hand example, threshold 0.5 (p >= 0.5 -> malignant):

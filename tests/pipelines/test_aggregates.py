@@ -10,12 +10,8 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from model.metrics import (
-    binary_metrics,
-    evaluate,
-    patient_rows_from_records,
-    report_from_summaries,
-)
+from model.evaluation import evaluate, patient_rows_from_records, report_from_summaries
+from model.metrics import binary_metrics
 from pipelines.aggregates import (
     ComputeMetrics,
     ImageSummariesFn,
