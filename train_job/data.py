@@ -8,6 +8,7 @@ hence every patient stays on one side), stratified by class and reproducible fro
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import csv
 import dataclasses
 import io
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from model import storage
 from model.constants import CLASS_NAMES, MAGNIFICATIONS
 from model.naming import ImageInfo, is_image_file, parse_breakhis_name
+from model.preprocessing import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +47,33 @@ class Discovery:
     images: list[LabeledImage]
     unparsed: list[str]
     skipped_magnification: int = 0
+    unreadable: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> reason
 
 
-def discover_images(data_dir: str, magnifications: Sequence[str] = MAGNIFICATIONS) -> Discovery:
-    """Every image below data_dir (BreakHis layout or flat), parsed; unparsable names set aside."""
+def find_unreadable(paths: Sequence[str], threads: int = 8) -> dict[str, str]:
+    """path -> reason for every file that cannot be read and decoded (decoded in parallel).
+
+    Costs one decode per image up front (about 9 ms for a 700x460 PNG, shared across threads),
+    so a corrupt file is listed and left out instead of failing training mid-epoch.
+    """
+
+    def problem(path: str) -> str | None:
+        try:
+            decode_image(storage.read_bytes(path))
+        except Exception as error:  # any failure to read or decode excludes the file
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        reasons = list(pool.map(problem, paths))
+    return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
+
+
+def discover_images(
+    data_dir: str, magnifications: Sequence[str] = MAGNIFICATIONS, check_readable: bool = True
+) -> Discovery:
+    """Every image below data_dir (BreakHis layout or flat), parsed and (by default) decoded
+    once; unparsable names and unreadable files are set aside with their reasons."""
     unknown = sorted(set(magnifications) - set(MAGNIFICATIONS))
     if unknown:
         raise DataError(f"unknown magnification(s) {unknown}; choose from {list(MAGNIFICATIONS)}")
@@ -73,12 +98,20 @@ def discover_images(data_dir: str, magnifications: Sequence[str] = MAGNIFICATION
             data_dir,
             unparsed[0],
         )
+    unreadable = find_unreadable([image.path for image in images]) if check_readable else {}
+    if unreadable:
+        logger.warning(
+            "%d image file(s) cannot be read and are not used (first: %s: %s)",
+            len(unreadable),
+            *next(iter(unreadable.items())),
+        )
+        images = [image for image in images if image.path not in unreadable]
     if not images:
         raise DataError(
             f"no BreakHis images for magnifications {list(magnifications)} under {data_dir} "
             f"({len(paths)} image files found, {len(unparsed)} with unparsable names)"
         )
-    return Discovery(images, unparsed, skipped)
+    return Discovery(images, unparsed, skipped, unreadable)
 
 
 def _specimens_by_class(images: Iterable[LabeledImage]) -> dict[str, dict[str, int]]:

@@ -15,6 +15,7 @@ from model.gradcam import gradcam_model, predict_with_gradcam
 from model.html_report import GalleryItem, render_report, select_gallery
 from model.preprocessing import decode_image, model_input
 from model.report_assets import gallery_pair
+from train_job.data import Discovery
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def write_training_report(
     split_rows: Sequence[dict],
     p_malignant: np.ndarray,
     metrics: dict,
-    unparsed: Sequence[str],
+    discovery: Discovery,
     summary: dict,
     notes: Sequence[str] = (),
 ) -> str:
@@ -107,7 +108,11 @@ def write_training_report(
             "error_type": "UnparsableName",
             "message": "name does not follow SOB_<B|M>_<CODE>-<YEAR>-<SLIDE>-<MAG>-<SEQ>; not used",
         }
-        for path in unparsed
+        for path in discovery.unparsed
+    ]
+    errors += [
+        {"image_path": path, "error_type": "UnreadableImage", "message": f"{reason}; not used"}
+        for path, reason in discovery.unreadable.items()
     ]
     html = render_report(
         title="BreakHis classifier: training export (test split)",

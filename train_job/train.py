@@ -263,6 +263,7 @@ def _write_outputs(config: TrainConfig, work_dir: str, model: keras.Model, outco
             "images_used": len(outcome.rows),
             "unparsed_files": len(outcome.discovery.unparsed),
             "unparsed_examples": outcome.discovery.unparsed[:10],
+            "unreadable_files": outcome.discovery.unreadable,
             "split_unit": "specimen (slide id without section letters)",
             "splits": data.summarize_split(outcome.rows),
         },
@@ -277,6 +278,7 @@ def _write_outputs(config: TrainConfig, work_dir: str, model: keras.Model, outco
         "data_dir": config.data_dir,
         "images_used": len(outcome.rows),
         "unparsed_files": len(outcome.discovery.unparsed),
+        "unreadable_files": len(outcome.discovery.unreadable),
         **{
             f"{split}_images": sum(c["images"] for c in classes.values())
             for split, classes in splits.items()
@@ -304,7 +306,7 @@ def _write_outputs(config: TrainConfig, work_dir: str, model: keras.Model, outco
         outcome.by_split["test"],
         outcome.test_p,
         outcome.report,
-        outcome.discovery.unparsed,
+        outcome.discovery,
         summary,
         notes,
     )

@@ -151,3 +151,18 @@ def test_discovery_records_absolute_paths_for_a_relative_folder(synthetic_data_d
     monkeypatch.chdir(synthetic_data_dir.parent)
     found = data.discover_images(synthetic_data_dir.name)
     assert all(image.path.startswith(str(synthetic_data_dir)) for image in found.images)
+
+
+def test_unreadable_images_are_listed_with_their_reason_and_left_out(synthetic_data_dir, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, root)
+    good = sorted(root.rglob("*.png"))
+    truncated = good[0].parent / "SOB_B_A-22-99999-40-001.png"
+    truncated.write_bytes(good[0].read_bytes()[:200])
+    empty = good[0].parent / "SOB_B_A-22-99999-40-002.png"
+    empty.write_bytes(b"")
+    found = data.discover_images(str(root))
+    assert set(found.unreadable) == {str(truncated), str(empty)}
+    assert "ImageDecodeError" in found.unreadable[str(empty)]
+    assert len(found.images) == len(good)
+    assert str(truncated) not in {image.path for image in found.images}
