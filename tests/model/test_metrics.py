@@ -23,6 +23,7 @@ from model.metrics import (
     majority_baseline,
     majority_baseline_from_counts,
     patient_recognition_rate,
+    score_bins,
 )
 
 # Hand example, threshold 0.5 (p >= 0.5 -> malignant):
@@ -394,3 +395,19 @@ def test_report_from_summaries_agrees_with_evaluate():
 def test_report_from_summaries_rejects_a_summary_at_another_threshold():
     with pytest.raises(ValueError, match="threshold"):
         report_from_summaries({"pooled": StreamingSummary(0.4)}, [], threshold=0.5)
+
+
+def test_streaming_auc_stays_exact_for_saturated_scores():
+    # A confident model: every score below 0.01, classes overlapping. Bins uniform in p would
+    # put all of them in the first hundred bins and lose most of the ranking.
+    rng = np.random.default_rng(11)
+    y = np.repeat([0, 1], 1500)
+    p = np.concatenate([10 ** rng.uniform(-6, -2.5, 1500), 10 ** rng.uniform(-5, -2, 1500)])
+    summary = StreamingSummary(0.001).add_batch(y, p)
+    exact = binary_metrics(y, p, 0.001)
+    streamed = summary.metrics()
+    assert streamed["roc_auc"] == pytest.approx(exact["roc_auc"], abs=1e-3)
+    assert streamed["pr_auc"] == pytest.approx(exact["pr_auc"], abs=1e-3)
+    # As many bins uniform in p would have ranked these 3,000 scores far more coarsely.
+    linear_bins = np.minimum((p * N_BINS).astype(int), N_BINS - 1)
+    assert len(np.unique(linear_bins)) * 5 < len(np.unique(score_bins(p)))

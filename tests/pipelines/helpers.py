@@ -23,7 +23,7 @@ from sklearn.metrics import (
 
 from model import storage
 from model.constants import CLASS_NAMES
-from model.metrics import N_BINS
+from model.metrics import score_bins
 
 
 def read_csv(path: str) -> list[dict[str, str]]:
@@ -95,5 +95,5 @@ def distinct_bins(p: Sequence[float]) -> bool:
     Equal scores may share one: sklearn ranks ties together, as the histogram does.
     """
     scores = np.unique(np.asarray(p, dtype=float))
-    bins = np.minimum((scores * N_BINS).astype(int), N_BINS - 1)
+    bins = score_bins(scores)
     return len(set(bins.tolist())) == len(scores)
