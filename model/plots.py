@@ -40,6 +40,13 @@ def _legend_label(name: str, metric: str, value: float | None, points: int) -> s
     return f"{name} ({metric} {'n/a' if value is None else f'{value:.3f}'})"
 
 
+def _unit_square(axes, title: str, xlabel: str, ylabel: str, legend_loc: str) -> None:
+    """Axes, labels, legend and grid of a curve plot on [0, 1] x [0, 1]."""
+    axes.set(xlim=(0, 1), ylim=(0, 1.02), title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.legend(loc=legend_loc, fontsize="small")
+    axes.grid(alpha=0.3)
+
+
 def roc_png(curves: Mapping[str, Curve], title: str = "ROC") -> bytes:
     """ROC curves, one line per name (e.g. "pooled", "40X"), with their AUCs and the chance line."""
     figure, axes = plt.subplots(figsize=(5, 5))
@@ -47,11 +54,13 @@ def roc_png(curves: Mapping[str, Curve], title: str = "ROC") -> bytes:
     for name, (fpr, tpr, auc) in curves.items():
         fpr, tpr = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
         axes.plot(fpr, tpr, linewidth=1.5, label=_legend_label(name, "AUC", auc, fpr.size))
-    axes.set(xlim=(0, 1), ylim=(0, 1.02), title=title)
-    axes.set_xlabel("False positive rate (1 - specificity)")
-    axes.set_ylabel("True positive rate (sensitivity)")
-    axes.legend(loc="lower right", fontsize="small")
-    axes.grid(alpha=0.3)
+    _unit_square(
+        axes,
+        title,
+        "False positive rate (1 - specificity)",
+        "True positive rate (sensitivity)",
+        "lower right",
+    )
     return _to_png(figure)
 
 
@@ -79,11 +88,7 @@ def pr_png(
             linewidth=1,
             label=f"no skill ({prevalence:.2f})",
         )
-    axes.set(xlim=(0, 1), ylim=(0, 1.02), title=title)
-    axes.set_xlabel("Recall (sensitivity)")
-    axes.set_ylabel("Precision")
-    axes.legend(loc="lower left", fontsize="small")
-    axes.grid(alpha=0.3)
+    _unit_square(axes, title, "Recall (sensitivity)", "Precision", "lower left")
     return _to_png(figure)
 
 
