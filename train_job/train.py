@@ -65,9 +65,17 @@ class TrainResult:
 
 def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Run the whole training job and write its export to config.output_dir."""
-    keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return _train(config, strategy)
+    finally:  # the policy is process-global; leave it as we found it
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(config: TrainConfig, strategy: tf.distribute.Strategy | None) -> TrainResult:
+    keras.utils.set_random_seed(config.seed)
     strategy = strategy or choose_strategy()
     replicas = strategy.num_replicas_in_sync
     remote = storage.is_remote(config.output_dir)

@@ -90,6 +90,26 @@ def test_weights_file_is_loaded_into_the_base(tmp_path):
     np.testing.assert_array_equal(model.get_layer(LAST_CONV_LAYER).get_weights()[0], expected_last)
 
 
+def test_weights_file_on_gs_is_staged_and_loaded(tmp_path, gcs_emulator):
+    from model import storage
+
+    keras.utils.set_random_seed(4)
+    base = keras.applications.VGG16(
+        include_top=False, weights=None, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3)
+    )
+    local = tmp_path / "vgg16_notop.weights.h5"
+    base.save_weights(str(local))
+    remote = f"{gcs_emulator}/weights/vgg16_notop.weights.h5"
+    storage.write_bytes(remote, local.read_bytes())
+
+    keras.utils.set_random_seed(5)
+    model = build_classifier(IMAGE_SIZE, weights=remote, dense_units=4)
+    np.testing.assert_array_equal(
+        model.get_layer(LAST_CONV_LAYER).get_weights()[0],
+        base.get_layer(LAST_CONV_LAYER).get_weights()[0],
+    )
+
+
 def test_imagenet_download_failure_explains_the_offline_options(monkeypatch, tmp_path):
     real_vgg16 = keras.applications.VGG16
 

@@ -239,3 +239,22 @@ def test_training_report_shows_the_test_metrics_and_a_gallery(trained):
     assert page["images"] and not broken_images(page)
     shown = page["metrics"]["image_level.pooled.accuracy"]
     assert shown == f"{metrics['image_level']['pooled']['accuracy']:.4f}"
+
+
+def test_mixed_precision_exports_a_float32_scorer(synthetic_data_dir, tmp_path):
+    import keras
+
+    from model.gradcam import gradcam_model, predict_with_gradcam
+
+    train(
+        tiny_config(
+            synthetic_data_dir, tmp_path, epochs=1, fine_tune_epochs=0, mixed_precision=True
+        )
+    )
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    model, card = load_exported_model(str(tmp_path))
+    assert model.get_layer("block1_conv1").dtype_policy.name == "mixed_float16"
+    images = np.zeros((2, 32, 32, 3), np.float32)
+    p, heatmaps = predict_with_gradcam(gradcam_model(model), images, card.threshold)
+    assert p.dtype == np.float32 and heatmaps.dtype == np.float32
+    assert np.isfinite(p).all() and np.isfinite(heatmaps).all()
