@@ -114,6 +114,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy | None) -> Trai
 
     validation_p = predict(model, datasets["validation_eval"])
     threshold, threshold_rule = choose_threshold(_labels(by_split["validation"]), validation_p)
+    threshold_rule += _few_validation_patients(by_split["validation"])
     logger.info("Decision threshold %.4f: %s", threshold, threshold_rule)
     test_p = predict(model, datasets["test"])
     report = evaluation_report(by_split["test"], test_p, threshold)
@@ -163,6 +164,24 @@ def _split(config: TrainConfig) -> tuple[list[dict], data.Discovery]:
             ),
         )
     return rows, discovery
+
+
+MIN_VALIDATION_PATIENTS = 3
+
+
+def _few_validation_patients(rows: list[dict]) -> str:
+    """A caution for the threshold rule when a class has few validation patients, else ''."""
+    patients = {
+        name: {row["slide_id"] for row in rows if row["label"] == name} for name in CLASS_NAMES
+    }
+    few = {name: len(ids) for name, ids in patients.items() if len(ids) < MIN_VALIDATION_PATIENTS}
+    if not few:
+        return ""
+    counts = " and ".join(f"{count} {name}" for name, count in few.items())
+    logger.warning(
+        "The validation split has only %s patient(s): the threshold is unreliable", counts
+    )
+    return f" Caution: the validation split has only {counts} patient(s), so this is unreliable."
 
 
 def _labels(rows: list[dict]) -> list[int]:

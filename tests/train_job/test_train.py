@@ -258,3 +258,27 @@ def test_mixed_precision_exports_a_float32_scorer(synthetic_data_dir, tmp_path):
     p, heatmaps = predict_with_gradcam(gradcam_model(model), images, card.threshold)
     assert p.dtype == np.float32 and heatmaps.dtype == np.float32
     assert np.isfinite(p).all() and np.isfinite(heatmaps).all()
+
+
+def test_threshold_rule_warns_when_validation_has_few_patients(trained):
+    result, output_dir = trained
+    card = read_model_card(str(output_dir))
+    rows = [r for r in csv.DictReader(open(output_dir / "split.csv")) if r["split"] == "validation"]
+    benign = {r["slide_id"] for r in rows if r["label"] == "benign"}
+    malignant = {r["slide_id"] for r in rows if r["label"] == "malignant"}
+    few = min(len(benign), len(malignant)) < 3
+    assert ("Caution" in card.threshold_rule) == few
+    assert few  # 5 patients a class: the tiny split leaves one or two per class for validation
+
+
+def test_validation_caution_names_the_classes_with_few_patients():
+    from train_job.train import _few_validation_patients
+
+    def rows(benign: int, malignant: int) -> list[dict]:
+        return [{"slide_id": f"b{i}", "label": "benign"} for i in range(benign)] + [
+            {"slide_id": f"m{i}", "label": "malignant"} for i in range(malignant)
+        ]
+
+    assert _few_validation_patients(rows(3, 4)) == ""
+    caution = _few_validation_patients(rows(1, 5))
+    assert "only 1 benign patient" in caution and "malignant" not in caution
