@@ -14,7 +14,7 @@ import tempfile
 import keras
 
 from model import storage
-from model.constants import LAST_CONV_LAYER, LOGIT_LAYER, MIN_IMAGE_SIZE, PROBABILITY_LAYER
+from model.constants import LOGIT_LAYER, MIN_IMAGE_SIZE, PROBABILITY_LAYER
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +111,3 @@ def conv_block_names(model: keras.Model) -> list[str]:
         if prefix.startswith("block") and prefix not in blocks:
             blocks.append(prefix)
     return blocks
-
-
-def assert_gradcam_ready(model: keras.Model) -> None:
-    """Raise if the model lacks the layers Grad-CAM needs."""
-    for name in (LAST_CONV_LAYER, LOGIT_LAYER):
-        model.get_layer(name)

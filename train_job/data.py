@@ -221,16 +221,6 @@ def fold_by_specimen(
     return assignment
 
 
-def fold_of_each_specimen(images: Sequence[LabeledImage], folds: int, seed: int = 42) -> dict:
-    """specimen -> the fold index whose test set holds it (for checking fold coverage)."""
-    result = {}
-    for fold in range(folds):
-        for specimen, split in fold_by_specimen(images, folds, fold, seed=seed).items():
-            if split == "test":
-                result.setdefault(specimen, []).append(fold)
-    return result
-
-
 def split_rows(images: Sequence[LabeledImage], assignment: dict[str, str]) -> list[dict]:
     """One split.csv row per image; raises DataError if a specimen would be on two sides."""
     rows = [

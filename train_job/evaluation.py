@@ -18,9 +18,9 @@ def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
 
 
-def evaluation_report(rows: Sequence[dict], p_malignant: np.ndarray, threshold: float) -> dict:
-    """The metrics.json report for split.csv rows and their scores."""
-    records = [
+def evaluation_records(rows: Sequence[dict], p_malignant: np.ndarray) -> list[dict]:
+    """split.csv rows and their scores as the records `model.evaluation` takes."""
+    return [
         {
             "label": 1 if row["label"] == "malignant" else 0,
             "p_malignant": float(p),
@@ -29,7 +29,11 @@ def evaluation_report(rows: Sequence[dict], p_malignant: np.ndarray, threshold: 
         }
         for row, p in zip(rows, p_malignant, strict=True)
     ]
-    return evaluate(records, threshold)
+
+
+def evaluation_report(rows: Sequence[dict], p_malignant: np.ndarray, threshold: float) -> dict:
+    """The metrics.json report for split.csv rows and their scores."""
+    return evaluate(evaluation_records(rows, p_malignant), threshold)
 
 
 def plot_files(rows: Sequence[dict], p_malignant: np.ndarray, report: dict) -> dict[str, bytes]:

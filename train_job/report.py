@@ -16,6 +16,7 @@ from model.html_report import GalleryItem, render_report, select_gallery
 from model.preprocessing import decode_image, model_input
 from model.report_assets import gallery_pair
 from train_job.data import Discovery
+from train_job.evaluation import evaluation_records
 
 logger = logging.getLogger(__name__)
 
@@ -29,31 +30,23 @@ PLOTS = {
 
 
 def prediction_rows(split_rows: Sequence[dict], p_malignant: np.ndarray, threshold: float):
-    """Rows in the scoring pipeline's predictions.csv shape, for the gallery and patient table."""
+    """Rows in the scoring pipeline's predictions.csv shape, for the gallery."""
     return [
         {
             "image_path": row["image_path"],
             "p_malignant": float(p),
             "predicted_label": "malignant" if p >= threshold else "benign",
             "true_label": row["label"],
-            "patient_id": row["slide_id"],
-            "magnification": row["magnification"],
         }
         for row, p in zip(split_rows, p_malignant, strict=True)
     ]
 
 
-def patient_table_rows(rows: Sequence[dict], threshold: float) -> list[dict]:
+def patient_table_rows(
+    split_rows: Sequence[dict], p_malignant: np.ndarray, threshold: float
+) -> list[dict]:
     """The report's per-patient table, computed as the scoring pipeline's patients.csv is."""
-    records = [
-        {
-            "label": int(row["true_label"] == "malignant"),
-            "p_malignant": row["p_malignant"],
-            "patient_id": row["patient_id"],
-            "magnification": row["magnification"],
-        }
-        for row in rows
-    ]
+    records = evaluation_records(split_rows, p_malignant)
     patient_rows = patient_rows_from_records(records, threshold)
     return [
         dict(zip(PATIENT_COLUMNS, values, strict=True))
@@ -119,7 +112,7 @@ def write_training_report(
         metrics=metrics,
         plots=PLOTS,
         gallery=gallery,
-        patients=patient_table_rows(rows, threshold),
+        patients=patient_table_rows(split_rows, p_malignant, threshold),
         errors=errors,
         summary=summary,
         notes=notes,

@@ -112,7 +112,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy | None) -> Trai
         config, strategy, model, datasets, checkpoint_dir, remote_checkpoints
     )
 
-    validation_p = predict(model, datasets["validation_eval"])
+    validation_p = predict(model, datasets["validation"])
     threshold, threshold_rule = choose_threshold(_labels(by_split["validation"]), validation_p)
     threshold_rule += _few_validation_patients(by_split["validation"])
     logger.info("Decision threshold %.4f: %s", threshold, threshold_rule)
@@ -210,7 +210,6 @@ def _datasets(config, by_split, global_batch, class_weights) -> dict[str, tf.dat
     return {
         "train": train_data,
         "validation": validation,
-        "validation_eval": validation,
         "test": build("test", training=False),
     }
 
