@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from model.constants import CLASS_NAMES, MAGNIFICATIONS
+from model.constants import MAGNIFICATIONS
+from model.labels import label_name, majority_index, predicted_index, predicted_label
 from model.metrics import (
     StreamingSummary,
     binary_metrics,
@@ -36,7 +37,7 @@ def _majority_label(labels: Iterable[int], patient_id: str) -> int:
     n_malignant = sum(1 for label in labels if int(label) == 1)
     if 0 < n_malignant < len(labels):
         logger.warning("patient %s has images of both classes; using the majority", patient_id)
-    return int(2 * n_malignant >= len(labels))  # ties to malignant, as in the baseline
+    return majority_index(n_malignant, len(labels))
 
 
 def records_from_arrays(
@@ -66,7 +67,8 @@ def patient_rows_from_records(
     for (pid, magnification), members in groups.items():
         labels = [int(r["label"]) for r in members]
         scores = [float(r["p_malignant"]) for r in members]
-        correct = sum(int(p >= threshold) == y for y, p in zip(labels, scores, strict=True))
+        calls = [predicted_index(p, threshold) for p in scores]
+        correct = sum(int(call == y) for y, call in zip(labels, calls, strict=True))
         rows.append(
             {
                 "patient_id": pid,
@@ -75,7 +77,7 @@ def patient_rows_from_records(
                 "images": len(members),
                 "correct": int(correct),
                 "sum_p": float(sum(scores)),
-                "predicted_malignant": sum(int(p >= threshold) for p in scores),
+                "predicted_malignant": sum(calls),
             }
         )
     return rows
@@ -183,7 +185,7 @@ def evaluate(records: Iterable[Mapping[str, Any]], threshold: float) -> dict[str
         labels = [int(r["label"]) for r in members]
         scores = [float(r["p_malignant"]) for r in members]
         image = binary_metrics(labels, scores, threshold)
-        predicted = [int(p >= threshold) for p in scores]
+        predicted = [predicted_index(p, threshold) for p in scores]
         ids = [str(r["patient_id"]) for r in members]
         image["patient_recognition_rate"] = patient_recognition_rate(ids, labels, predicted)
         key_rows = rows.get(None if key == "pooled" else key, [])
@@ -218,16 +220,15 @@ def patient_table(rows: Sequence[Mapping[str, Any]], threshold: float) -> list[l
         table.append(
             [
                 row["patient_id"],
-                CLASS_NAMES[row["label"]],
+                label_name(row["label"]),
                 images,
                 row["correct"],
                 round(row["correct"] / images, 6),
                 mean_p,
                 row["predicted_malignant"],
-                # Ties go to malignant, as for the true label.
-                CLASS_NAMES[int(2 * row["predicted_malignant"] >= images)],
+                label_name(majority_index(row["predicted_malignant"], images)),
                 # The patient-level metrics in metrics.json score a patient by its mean p.
-                CLASS_NAMES[int(mean_p >= threshold)],
+                predicted_label(mean_p, threshold),
             ]
         )
     return table

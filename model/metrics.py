@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from model.constants import CLASS_NAMES
+from model.labels import label_name, majority_index, predicted_index
 
 METRIC_NAMES: tuple[str, ...] = (
     "accuracy",
@@ -83,7 +83,7 @@ def binary_metrics(
 ) -> dict[str, Any]:
     """Exact metrics of scores against labels; p >= threshold is predicted malignant."""
     y, p = _as_arrays(y_true, p_malignant)
-    predicted = p >= threshold
+    predicted = predicted_index(p, threshold).astype(bool)
     positive = y == 1
     tp = int(np.sum(predicted & positive))
     fp = int(np.sum(predicted & ~positive))
@@ -117,8 +117,7 @@ def patient_recognition_rate(
 def majority_baseline_from_counts(n_benign: int, n_malignant: int) -> dict[str, Any]:
     """`majority_baseline` from class counts alone: constant scores need no per-image arrays."""
     n_benign, n_malignant = int(n_benign), int(n_malignant)
-    # Ties go to malignant, the positive class, so the baseline's sensitivity is not trivially 0.
-    predicts_malignant = n_malignant >= n_benign
+    predicts_malignant = bool(majority_index(n_malignant, n_benign + n_malignant))
     if predicts_malignant:
         result = _metrics_from_confusion(tn=0, fp=n_benign, fn=0, tp=n_malignant)
     else:
@@ -131,7 +130,7 @@ def majority_baseline_from_counts(n_benign: int, n_malignant: int) -> dict[str, 
         # All scores tie: the ROC is the diagonal and the only PR point is (recall 1, prevalence).
         result["roc_auc"] = 0.5
         result["pr_auc"] = n_malignant / n
-    result["predicts"] = CLASS_NAMES[1] if predicts_malignant else CLASS_NAMES[0]
+    result["predicts"] = label_name(int(predicts_malignant))
     return result
 
 
@@ -150,7 +149,7 @@ def choose_threshold(y_true: Sequence[int], p_malignant: Sequence[float]) -> tup
     if not y.size:
         return _DEFAULT_THRESHOLD, "No validation images, so the threshold is the default 0.5."
     if np.unique(y).size < 2:
-        only = CLASS_NAMES[int(y[0])]
+        only = label_name(y[0])
         return (
             _DEFAULT_THRESHOLD,
             f"The validation split has only {only} images, so Youden's J is undefined and the "
@@ -228,7 +227,7 @@ class StreamingSummary:
         if label not in (0, 1) or p != p:
             raise ValueError(f"need label 0/1 and a numeric score, got {label}, {p}")
         index = int(score_bins([p])[0])
-        predicted = p >= self.threshold
+        predicted = bool(predicted_index(p, self.threshold))
         if label:
             self.positive_counts[index] += 1
             self.tp += predicted
@@ -244,7 +243,7 @@ class StreamingSummary:
         """Count many images at once (e.g. one RunInference batch); returns self."""
         y, scores = _as_arrays(labels, p)
         positive = y == 1
-        predicted = scores >= self.threshold
+        predicted = predicted_index(scores, self.threshold).astype(bool)
         np.add.at(self.positive_counts, score_bins(scores[positive]), 1)
         np.add.at(self.negative_counts, score_bins(scores[~positive]), 1)
         self.brier_sum += float(np.sum((scores - y) ** 2))

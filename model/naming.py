@@ -9,10 +9,12 @@ of one specimen, so evaluation splits keep a whole specimen on one side.
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
 import re
 
-from model.constants import CLASS_NAMES, IMAGE_EXTENSIONS, SUBTYPES
+from model.constants import IMAGE_EXTENSIONS, SUBTYPES
+from model.labels import label_index
 
 _NAME_PATTERN = re.compile(
     r"^SOB_(?P<label>[BM])_(?P<code>[A-Z]{1,2})-(?P<year>\d{2})-(?P<slide>\d+)(?P<suffix>[A-Z]*)"
@@ -36,12 +38,37 @@ class ImageInfo:
     @property
     def label_index(self) -> int:
         """0 for benign, 1 for malignant."""
-        return CLASS_NAMES.index(self.label)
+        return label_index(self.label)
 
 
 def basename(path: str) -> str:
-    """The file name of a local or `gs://` path."""
-    return posixpath.basename(path.replace("\\", "/"))
+    """The file name of a local or `gs://` path.
+
+    Only the platform's separators split (`/` for `gs://` and POSIX paths): a backslash is an
+    ordinary character in a POSIX file name, so `a<\\b>.png` is one name, not two.
+    """
+    if "://" in path or os.sep == "/":
+        return posixpath.basename(path)
+    return os.path.basename(path)
+
+
+def printable_path(path: str) -> str:
+    """The path as readable text that always encodes as UTF-8.
+
+    A local file name need not be valid UTF-8; Python carries its undecodable bytes as lone
+    surrogates, which no UTF-8 writer (CSV, JSON, HTML) accepts. They are shown as `\\xNN`.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def is_valid_utf8_name(path: str) -> bool:
+    """Whether the path can be written as UTF-8 as it is (see `printable_path`)."""
+    return printable_path(path) == path
 
 
 def is_image_file(path: str) -> bool:

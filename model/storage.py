@@ -11,34 +11,29 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
 import shutil
+import stat
 
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 logger = logging.getLogger(__name__)
 
-EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
+DEFAULT_MAX_FILE_MB = 256
+"""Default cap on one image file's size: far above any histology tile (a 700 x 460 BreakHis PNG
+is about 0.5 MB, an uncompressed 8-bit RGB tile of 8000 x 8000 pixels 192 MB), and low enough
+that a file that is not a tile fails fast instead of filling memory."""
+
+MEBIBYTE = 2**20
 
 
-def use_anonymous_credentials_for_emulator() -> None:
-    """With a storage emulator, skip Beam's credential lookup (and its retries) up front.
-
-    Beam looks for Google application default credentials with exponential-backoff retries,
-    half a minute per process when there are none, before it connects anonymously; an
-    emulator accepts anonymous requests, so with `STORAGE_EMULATOR_HOST` set we go straight
-    to anonymous. Called on import, so Beam worker processes that import this module do too.
-    """
-    if not os.environ.get(EMULATOR_VARIABLE):
-        return
-    from apache_beam.internal.gcp import auth
-
-    with auth._Credentials._credentials_lock:
-        auth._Credentials._credentials_init = True
-        auth._Credentials._credentials = None
+class NotARegularFileError(OSError):
+    """The path is a FIFO, a device, a socket or a folder: not read, since reading could hang."""
 
 
-use_anonymous_credentials_for_emulator()
+class FileTooLargeError(OSError):
+    """The file is larger than the read cap."""
 
 
 def is_remote(path: str) -> bool:
@@ -53,10 +48,66 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-def read_bytes(path: str) -> bytes:
-    """The whole content of a file."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read()
+def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
+    """The whole content of a file; with max_bytes, only of a regular file of at most that size.
+
+    With a cap, a local path is checked before it is opened: a FIFO (whose open blocks), a
+    device such as /dev/zero (which never ends), a socket or a folder raises
+    NotARegularFileError, a dangling symbolic link FileNotFoundError, and a file over the cap
+    FileTooLargeError. Reads never take more than max_bytes + 1 bytes, so a file that grows
+    while it is read fails too. Remote objects are always regular; their size is checked the
+    same way while reading.
+    """
+    if max_bytes is None:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            return handle.read()
+    if is_remote(path):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            data = handle.read(max_bytes + 1)
+    else:
+        _check_regular_file(path, max_bytes)
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLargeError(f"file is larger than the {_size_text(max_bytes)} read cap")
+    return data
+
+
+def _check_regular_file(path: str, max_bytes: int) -> None:
+    """Raise unless a local path is a regular file (after symlinks) of at most max_bytes."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise FileNotFoundError(
+                f"dangling symbolic link (its target {os.readlink(path)!r} does not exist)"
+            ) from None
+        raise
+    if not stat.S_ISREG(status.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(status.st_mode), "not a regular file")
+        raise NotARegularFileError(f"{kind}, not a regular file; not read")
+    if status.st_size > max_bytes:
+        raise FileTooLargeError(
+            f"file is {_size_text(status.st_size)}, above the {_size_text(max_bytes)} read cap"
+        )
+
+
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def _size_text(size: int) -> str:
+    return f"{size / MEBIBYTE:,.1f} MiB"
+
+
+def max_bytes_from_mb(max_file_mb: float) -> int:
+    """The read cap in bytes for a --max_file_mb flag value."""
+    return int(max_file_mb * MEBIBYTE)
 
 
 def read_text(path: str) -> str:
@@ -82,10 +133,37 @@ def exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
-def match(pattern: str) -> list[str]:
-    """Paths matching a glob (`*`, `?`, and `**` across folders), sorted."""
-    results = FileSystems.match([pattern])[0].metadata_list
-    return sorted(metadata.path for metadata in results)
+def match(pattern: str, limit: int | None = None) -> list[str]:
+    """Paths matching a glob (`*`, `?`, and `**` across folders), sorted.
+
+    Beam's glob syntax everywhere (`*` stays within a folder, `**` crosses folders). Locally,
+    every entry is listed, including the dangling symbolic links, FIFOs and devices that Beam's
+    local listing drops or would hang on, so the caller can report them instead of losing them.
+    """
+    if is_remote(pattern):
+        limits = None if limit is None else [limit]
+        results = FileSystems.match([pattern], limits=limits)[0].metadata_list
+        return sorted(metadata.path for metadata in results)
+    found = sorted(_match_local(pattern))
+    return found if limit is None else found[:limit]
+
+
+def _match_local(pattern: str):
+    """Local paths matching a Beam glob, without stat-ing (or opening) any of them."""
+    if pattern.endswith(os.sep):
+        pattern += "*"
+    prefix = re.match(r"^[^[*?]*", pattern).group(0)
+    if prefix == pattern:  # no glob characters: the path itself, if there is an entry
+        if os.path.lexists(pattern) and not os.path.isdir(pattern):
+            yield pattern
+        return
+    regex = re.compile(FileSystem.translate_pattern(pattern))
+    root = prefix if prefix.endswith(os.sep) else os.path.dirname(prefix)
+    for folder, _, names in os.walk(root or os.curdir):
+        for name in names:
+            path = os.path.join(folder, name)
+            if regex.match(path):
+                yield path
 
 
 def list_files(directory: str) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 
 from model.constants import CLASS_NAMES
+from model.labels import label_index, majority_index
 from model.metrics import StreamingSummary
 from pipelines.outputs import ScoredImage
 
@@ -28,7 +29,7 @@ def is_labelled(record: ScoredImage) -> bool:
 
 
 def _label_index(record: ScoredImage) -> int:
-    return CLASS_NAMES.index(record.true_label)
+    return label_index(record.true_label)
 
 
 class ImageSummariesFn(beam.CombineFn):
@@ -84,7 +85,7 @@ class PatientTally(NamedTuple):
 def patient_keys(record: ScoredImage) -> Iterator[tuple[tuple[str, str], PatientTally]]:
     """One image's contribution to its patient's pooled and per-magnification tallies."""
     truth = _label_index(record)
-    predicted = CLASS_NAMES.index(record.predicted_label)
+    predicted = label_index(record.predicted_label)
     tally = PatientTally(1, int(truth == predicted), record.p_malignant, truth, predicted)
     yield (record.patient_id, ALL_MAGNIFICATIONS), tally
     if record.magnification:
@@ -120,9 +121,8 @@ def patient_row(keyed: tuple[tuple[str, str], PatientTally]) -> dict[str, Any]:
     return {
         "patient_id": patient_id,
         "magnification": magnification or None,
-        # A patient's label is its images' majority label (BreakHis patients have one),
-        # ties to malignant as in model.evaluation.
-        "label": int(2 * tally.true_malignant >= tally.images),
+        # A patient's label is its images' majority label (BreakHis patients have one).
+        "label": majority_index(tally.true_malignant, tally.images),
         "images": tally.images,
         "correct": tally.correct,
         "sum_p": tally.sum_p,

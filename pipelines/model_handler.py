@@ -22,7 +22,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
 from model import storage
-from model.preprocessing import decode_image, model_input
+from model.preprocessing import OVERLAY_MAX_SIDE, prepare_image
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class PreparedImage(NamedTuple):
     """One image ready for the model, plus the decoded original the heatmap overlay needs."""
 
     model_input: np.ndarray  # float32 [size, size, 3], normalised as in training
-    original: np.ndarray | None  # uint8 [H, W, 3] RGB at the file's size; None without Grad-CAM
+    original: np.ndarray | None  # uint8 [H, W, 3] RGB, longer side <= OVERLAY_MAX_SIDE, or None
 
 
 class ImageScore(NamedTuple):
@@ -43,14 +43,17 @@ class ImageScore(NamedTuple):
     heatmap: np.ndarray | None  # float32 [h, w] in [0, 1] at the last conv layer's resolution
 
 
-def prepare_image(path: str, image_size: int, keep_original: bool) -> tuple[str, PreparedImage]:
+def read_and_prepare(
+    path: str, image_size: int, keep_original: bool, max_bytes: int
+) -> tuple[str, PreparedImage]:
     """Read and decode a file once: (path, model input and, for Grad-CAM, the original image).
 
-    `decode_image` then `model_input` is exactly `model.preprocessing.preprocess_image`, split
-    so the decoded original is kept for the overlay without a second decode.
+    The model input is exactly `model.preprocessing.preprocess_image`'s; the original is kept
+    (at most OVERLAY_MAX_SIDE on its longer side) for the overlay without a second decode.
     """
-    rgb = decode_image(storage.read_bytes(path))
-    return path, PreparedImage(model_input(rgb, image_size), rgb if keep_original else None)
+    data = storage.read_bytes(path, max_bytes=max_bytes)
+    overlay_side = OVERLAY_MAX_SIDE if keep_original else None
+    return path, PreparedImage(*prepare_image(data, image_size, overlay_side))
 
 
 @dataclasses.dataclass
@@ -146,11 +149,14 @@ def keyed_scoring_handler(
     threshold: float,
     gradcam: bool = True,
     batch_size: int = 32,
+    max_bytes: int = storage.DEFAULT_MAX_FILE_MB * storage.MEBIBYTE,
 ) -> ModelHandler:
     """Path -> (path, PredictionResult): the handler keyed by image path, reading in preprocess."""
     handler = KeyedModelHandler(
         GradCamModelHandler(model_dir, threshold, gradcam=gradcam, batch_size=batch_size)
     )
     return handler.with_preprocess_fn(
-        functools.partial(prepare_image, image_size=image_size, keep_original=gradcam)
+        functools.partial(
+            read_and_prepare, image_size=image_size, keep_original=gradcam, max_bytes=max_bytes
+        )
     )

@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult
 
 from model import storage
-from model.constants import CLASS_NAMES
+from model.labels import predicted_label
 from model.naming import basename, parse_breakhis_name
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def scored_image(path: str, p_malignant: float, threshold: float, heatmap_path: 
     return ScoredImage(
         image_path=path,
         p_malignant=p,
-        predicted_label=CLASS_NAMES[int(p >= threshold)],
+        predicted_label=predicted_label(p, threshold),
         true_label=info.label if info else "",
         patient_id=info.slide_id if info else "",
         magnification=info.magnification if info else "",

@@ -26,7 +26,7 @@ from model.html_report import (
     write_report,
 )
 from model.naming import basename
-from model.preprocessing import decode_image
+from model.preprocessing import bounded_copy, decode_rgb
 from model.report_assets import downsize
 from pipelines.aggregates import MetricsInputs
 from pipelines.outputs import HEATMAP_DIR, ScoredImage, ScoringError, heatmap_name
@@ -94,7 +94,9 @@ class GalleryFn(beam.CombineFn):
         return picks, dict(totals)
 
 
-def _gallery_items(picks: Mapping[str, Sequence[Mapping]], output_dir: str) -> list[GalleryItem]:
+def _gallery_items(
+    picks: Mapping[str, Sequence[Mapping]], output_dir: str, max_bytes: int | None = None
+) -> list[GalleryItem]:
     """Write a downsized copy of each picked original; link it beside its overlay."""
     items = []
     for category in GALLERY_CATEGORIES:
@@ -104,7 +106,8 @@ def _gallery_items(picks: Mapping[str, Sequence[Mapping]], output_dir: str) -> l
             name = heatmap_name(row["image_path"])
             original_href = f"{ASSETS_DIR}/{name}"
             try:
-                original = downsize(decode_image(storage.read_bytes(row["image_path"])))
+                data = storage.read_bytes(row["image_path"], max_bytes=max_bytes)
+                original = downsize(bounded_copy(decode_rgb(data)))
             except Exception as error:  # the file changed since scoring: show the rest
                 logger.warning("Gallery skips %s: %s", row["image_path"], error)
                 continue

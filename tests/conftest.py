@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 BREAKHIS_SAMPLE = REPO_ROOT.parent / "shared" / "breakhis-sample"
+EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
 
 
 @pytest.fixture(scope="session")
@@ -31,24 +32,37 @@ def gcs_emulator():
 
     from gcp_storage_emulator.server import create_server
 
-    from model import storage
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket="test-bucket")
     server.start()
-    previous = os.environ.get(storage.EMULATOR_VARIABLE)
-    os.environ[storage.EMULATOR_VARIABLE] = f"http://127.0.0.1:{port}"
-    storage.use_anonymous_credentials_for_emulator()
+    previous = os.environ.get(EMULATOR_VARIABLE)
+    os.environ[EMULATOR_VARIABLE] = f"http://127.0.0.1:{port}"
+    _use_anonymous_credentials()
     try:
         yield "gs://test-bucket"
     finally:
         server.stop()
         if previous is None:
-            os.environ.pop(storage.EMULATOR_VARIABLE, None)
+            os.environ.pop(EMULATOR_VARIABLE, None)
         else:
-            os.environ[storage.EMULATOR_VARIABLE] = previous
+            os.environ[EMULATOR_VARIABLE] = previous
+
+
+def _use_anonymous_credentials() -> None:
+    """Skip Beam's Google credential lookup (and its retries) for the emulator.
+
+    Without credentials, Beam retries the lookup with exponential backoff for half a minute per
+    process before it connects anonymously; the emulator accepts anonymous requests, so the
+    tests go straight to anonymous. This reaches into Beam's private credential cache, which is
+    why it lives in the tests and not in the product.
+    """
+    from apache_beam.internal.gcp import auth
+
+    with auth._Credentials._credentials_lock:
+        auth._Credentials._credentials_init = True
+        auth._Credentials._credentials = None
 
 
 @pytest.fixture(scope="session")

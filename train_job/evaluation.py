@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from model import plots
 from model.evaluation import evaluate
+from model.labels import label_index
 
 
 def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
@@ -22,7 +23,7 @@ def evaluation_records(rows: Sequence[dict], p_malignant: np.ndarray) -> list[di
     """split.csv rows and their scores as the records `model.evaluation` takes."""
     return [
         {
-            "label": 1 if row["label"] == "malignant" else 0,
+            "label": label_index(row["label"]),
             "p_malignant": float(p),
             "patient_id": row["slide_id"],
             "magnification": row["magnification"],
@@ -38,7 +39,7 @@ def evaluation_report(rows: Sequence[dict], p_malignant: np.ndarray, threshold: 
 
 def plot_files(rows: Sequence[dict], p_malignant: np.ndarray, report: dict) -> dict[str, bytes]:
     """PNG bytes of plots/roc.png, plots/pr.png and plots/confusion_matrix.png."""
-    labels = np.array([1 if row["label"] == "malignant" else 0 for row in rows])
+    labels = np.array([label_index(row["label"]) for row in rows], dtype=int)
     magnifications = np.array([row["magnification"] for row in rows])
     roc_curves, pr_curves = {}, {}
     groups = {"pooled": np.ones(len(rows), bool)}

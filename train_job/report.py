@@ -13,7 +13,8 @@ from model import storage
 from model.evaluation import PATIENT_COLUMNS, patient_rows_from_records, patient_table
 from model.gradcam import gradcam_model, predict_with_gradcam
 from model.html_report import GalleryItem, render_report, select_gallery
-from model.preprocessing import decode_image, model_input
+from model.labels import predicted_label
+from model.preprocessing import prepare_image
 from model.report_assets import gallery_pair
 from train_job.data import Discovery
 from train_job.evaluation import evaluation_records
@@ -35,7 +36,7 @@ def prediction_rows(split_rows: Sequence[dict], p_malignant: np.ndarray, thresho
         {
             "image_path": row["image_path"],
             "p_malignant": float(p),
-            "predicted_label": "malignant" if p >= threshold else "benign",
+            "predicted_label": predicted_label(p, threshold),
             "true_label": row["label"],
         }
         for row, p in zip(split_rows, p_malignant, strict=True)
@@ -65,6 +66,7 @@ def write_training_report(
     discovery: Discovery,
     summary: dict,
     notes: Sequence[str] = (),
+    max_bytes: int | None = None,
 ) -> str:
     """Compute Grad-CAM for the gallery's test images and write report.html into work_dir."""
     rows = prediction_rows(split_rows, p_malignant, threshold)
@@ -72,8 +74,12 @@ def write_training_report(
     chosen = [(category, row) for category, picks in selected.items() for row in picks]
     gallery: list[GalleryItem] = []
     if chosen:
-        originals = [decode_image(storage.read_bytes(row["image_path"])) for _, row in chosen]
-        batch = np.stack([model_input(original, image_size) for original in originals])
+        prepared = [
+            prepare_image(storage.read_bytes(row["image_path"], max_bytes=max_bytes), image_size)
+            for _, row in chosen
+        ]
+        batch = np.stack([model_input for model_input, _ in prepared])
+        originals = [original for _, original in prepared]
         _, heatmaps = predict_with_gradcam(gradcam_model(model), batch, threshold)
         os.makedirs(os.path.join(work_dir, ASSETS_DIR), exist_ok=True)
         for index, ((category, row), original, heatmap) in enumerate(

@@ -19,6 +19,7 @@ import tensorflow as tf
 from model import storage
 from model.architecture import build_classifier
 from model.constants import CLASS_NAMES
+from model.labels import label_index, label_name
 from model.metrics import choose_threshold
 from model.model_card import ModelCard
 from model.plots import training_curves_png
@@ -185,7 +186,7 @@ def _few_validation_patients(rows: list[dict]) -> str:
 
 
 def _labels(rows: list[dict]) -> list[int]:
-    return [CLASS_NAMES.index(row["label"]) for row in rows]
+    return [label_index(row["label"]) for row in rows]
 
 
 def _datasets(config, by_split, global_batch, class_weights) -> dict[str, tf.data.Dataset]:
@@ -281,7 +282,7 @@ def _write_outputs(config: TrainConfig, work_dir: str, model: keras.Model, outco
             "global_batch_size": outcome.global_batch,
             "effective_learning_rate": config.learning_rate * outcome.replicas,
             "effective_fine_tune_learning_rate": config.fine_tune_learning_rate * outcome.replicas,
-            "class_weights": {CLASS_NAMES[k]: v for k, v in outcome.class_weights.items()},
+            "class_weights": {label_name(k): v for k, v in outcome.class_weights.items()},
         },
         data_summary={
             "data_dir": config.data_dir,

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 
 from model.constants import SUBTYPES
-from model.naming import parse_breakhis_name
+from model.naming import basename, is_valid_utf8_name, parse_breakhis_name, printable_path
 
 SAMPLE_PNG_COUNT = 345
 
@@ -85,11 +85,23 @@ def test_magnification_gets_its_x(magnification, expected):
         "relative/dir/SOB_B_A-14-22549AB-40-001.png",
         "gs://bucket/BreaKHis_v1/histology_slides/breast/benign/SOB/adenosis/"
         "SOB_B_A_14-22549AB/40X/SOB_B_A-14-22549AB-40-001.png",
-        "C:\\data\\SOB_B_A-14-22549AB-40-001.png",
     ],
 )
 def test_full_paths_parse_by_their_basename(path):
     assert parse_breakhis_name(path) == parse_breakhis_name("SOB_B_A-14-22549AB-40-001.png")
+
+
+def test_a_backslash_is_part_of_a_posix_file_name():
+    assert basename("/data/a<\\b>.png") == "a<\\b>.png"
+    assert basename("gs://bucket/x/a\\b.png") == "a\\b.png"
+
+
+def test_names_that_are_not_utf8_are_shown_escaped():
+    name = b"/data/SOB_\xff\xfe.png".decode("utf-8", "surrogateescape")
+    assert not is_valid_utf8_name(name)
+    assert printable_path(name) == "/data/SOB_\\xff\\xfe.png"
+    printable_path(name).encode("utf-8")  # writable as it is
+    assert printable_path("/data/tumeur-é.png") == "/data/tumeur-é.png"
 
 
 def test_folder_names_do_not_override_the_file_name():

@@ -15,6 +15,7 @@ from model.preprocessing import (
     decode_image,
     load_image,
     normalize,
+    prepare_image,
     preprocess_image,
     resize_image,
 )
@@ -255,3 +256,51 @@ def test_real_sample_images_decode_at_their_manifest_size(breakhis_sample):
         _check_rgb(decoded, height, width)
         assert decoded.std() > 5  # tissue, not a blank page
         assert load_image(data, 32).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "transform"),
+    [
+        (1, lambda a: a),
+        (3, lambda a: np.rot90(a, 2)),
+        (6, lambda a: np.rot90(a, -1)),  # viewers turn it 90 degrees clockwise
+        (8, lambda a: np.rot90(a, 1)),
+        (2, lambda a: a[:, ::-1]),
+    ],
+)
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_exif_orientation_is_applied_as_viewers_show_the_image(
+    orientation, transform, image_format
+):
+    # Blocks of flat colour, so JPEG's loss cannot hide a wrong turn.
+    pixels = np.zeros((16, 24, 3), np.uint8)
+    pixels[:8, :8] = (250, 20, 20)
+    pixels[8:, 16:] = (20, 20, 250)
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    data = _encode(Image.fromarray(pixels), image_format, exif=exif.tobytes(), quality=95)
+    decoded = decode_image(data)
+    expected = transform(pixels)
+    assert decoded.shape == expected.shape
+    assert np.abs(decoded.astype(int) - expected).mean() < 4
+    # Training and scoring see the same, turned image.
+    np.testing.assert_array_equal(load_image(data, 8), resize_image(decoded, 8))
+
+
+def test_prepare_image_gives_the_training_input_and_a_bounded_original():
+    pixels = np.random.default_rng(1).integers(0, 256, (60, 90, 3), np.uint8)
+    data = _encode(Image.fromarray(pixels), "PNG")
+    model_input, original = prepare_image(data, 16, overlay_max_side=30)
+    np.testing.assert_array_equal(model_input, preprocess_image(data, 16))
+    assert original.shape == (20, 30, 3) and original.dtype == np.uint8
+    _, full = prepare_image(data, 16, overlay_max_side=90)
+    np.testing.assert_array_equal(full, pixels)  # at or under the cap: kept as it is
+    assert prepare_image(data, 16, overlay_max_side=None)[1] is None
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(monkeypatch):
+    import model.preprocessing as preprocessing
+
+    monkeypatch.setattr(preprocessing, "MAX_IMAGE_PIXELS", 5 * 7 - 1)
+    with pytest.raises(ImageDecodeError, match="7 x 5 = 35 pixels, above the limit of 34"):
+        decode_image(_encode(Image.fromarray(_rgb_pixels()), "PNG"))

@@ -17,9 +17,11 @@ from pipelines.model_handler import (
     GradCamModelHandler,
     LoadedScorer,
     keyed_scoring_handler,
-    prepare_image,
+    read_and_prepare,
 )
 from tests.pipelines.conftest import IMAGE_SIZE
+
+MAX_BYTES = 2**20
 
 
 def test_prepare_image_gives_the_training_tensor_and_keeps_the_decoded_original(
@@ -27,12 +29,14 @@ def test_prepare_image_gives_the_training_tensor_and_keeps_the_decoded_original(
 ):
     for path in scoring_inputs.labelled[:1] + scoring_inputs.other_modes:
         data = pathlib.Path(path).read_bytes()
-        key, prepared = prepare_image(path, IMAGE_SIZE, keep_original=True)
+        key, prepared = read_and_prepare(path, IMAGE_SIZE, keep_original=True, max_bytes=MAX_BYTES)
         assert key == path
         assert prepared.model_input.dtype == np.float32
         np.testing.assert_array_equal(prepared.model_input, preprocess_image(data, IMAGE_SIZE))
         np.testing.assert_array_equal(prepared.original, decode_image(data))
-    _, without = prepare_image(scoring_inputs.labelled[0], IMAGE_SIZE, keep_original=False)
+    _, without = read_and_prepare(
+        scoring_inputs.labelled[0], IMAGE_SIZE, keep_original=False, max_bytes=MAX_BYTES
+    )
     assert without.original is None
 
 
@@ -51,7 +55,10 @@ def loaded(tiny_export):
 
 def test_a_batch_is_scored_and_explained_by_one_forward_pass(loaded, scoring_inputs, monkeypatch):
     paths = scoring_inputs.labelled[:5]
-    batch = [prepare_image(path, IMAGE_SIZE, keep_original=True)[1] for path in paths]
+    batch = [
+        read_and_prepare(path, IMAGE_SIZE, keep_original=True, max_bytes=MAX_BYTES)[1]
+        for path in paths
+    ]
     calls = []
     real = gradcam.predict_with_gradcam
 
@@ -75,7 +82,8 @@ def test_a_batch_is_scored_and_explained_by_one_forward_pass(loaded, scoring_inp
 
 def test_without_gradcam_the_plain_model_scores_and_no_heatmap_is_made(loaded, scoring_inputs):
     batch = [
-        prepare_image(p, IMAGE_SIZE, keep_original=False)[1] for p in scoring_inputs.labelled[:3]
+        read_and_prepare(p, IMAGE_SIZE, keep_original=False, max_bytes=MAX_BYTES)[1]
+        for p in scoring_inputs.labelled[:3]
     ]
     handler = GradCamModelHandler("unused", threshold=0.5, gradcam=False)
     scorer = LoadedScorer(model=loaded.model, grad_model=None, model_id="m")
