@@ -8,6 +8,9 @@ CLASS_NAMES: tuple[str, str] = ("benign", "malignant")
 POSITIVE_CLASS = "malignant"
 DEFAULT_IMAGE_SIZE = 128
 MIN_IMAGE_SIZE = 32  # VGG16's five 2x2 poolings need at least 32 pixels a side.
+# Above this the head's Flatten -> Dense grows past 30 million weights (16 x 16 x 512 x 256 at
+# 512 px) and every image costs 16 times the default's compute; BreakHis tiles are 700 x 460.
+MAX_IMAGE_SIZE = 512
 
 LAST_CONV_LAYER = "block5_conv3"
 LOGIT_LAYER = "logit"

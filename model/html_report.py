@@ -236,10 +236,11 @@ def _table(
     )
 
 
-def _more_line(hidden: int, what: str, file_name: str) -> str:
+def _more_line(hidden: int, what: str, file_name: str | None) -> str:
     if hidden <= 0:
         return ""
-    return f'<p class="muted">… and {hidden} more {_e(what)}, see {_e(file_name)}.</p>'
+    where = f", see {_e(file_name)}" if file_name else ""
+    return f'<p class="muted">… and {hidden} more {_e(what)}{where}.</p>'
 
 
 def _label_tag(label: Any) -> str:
@@ -357,7 +358,9 @@ def _magnification_section(metrics: Mapping[str, Any] | None) -> str:
     )
 
 
-def _patients_section(patients: Sequence[Mapping[str, Any]], cap: int) -> str:
+def _patients_section(
+    patients: Sequence[Mapping[str, Any]], cap: int, full_list: str | None
+) -> str:
     if not patients:
         return ""
     ordered = sorted(patients, key=lambda r: str(r.get("patient_id", "")))
@@ -387,7 +390,7 @@ def _patients_section(patients: Sequence[Mapping[str, Any]], cap: int) -> str:
         '<p class="muted small">“Call” is the majority of the patient’s image calls; rows where '
         "it differs from the true label are highlighted.</p>"
         f"{_table(headers, rows, numeric)}"
-        f"{_more_line(len(ordered) - cap, 'patients', 'patients.csv')}</section>"
+        f"{_more_line(len(ordered) - cap, 'patients', full_list)}</section>"
     )
 
 
@@ -428,6 +431,7 @@ def _gallery_section(
     gallery: Sequence[GalleryItem],
     totals: Mapping[str, int] | None,
     has_ground_truth: bool,
+    images_list: str | None,
 ) -> str:
     unknown = {item.category for item in gallery} - set(GALLERY_CATEGORIES)
     if unknown:
@@ -444,7 +448,8 @@ def _gallery_section(
         shown = f"{len(items)} of {total}" if total > len(items) else f"{len(items)}"
         parts.append(f"<h3>{_e(heading)} ({shown})</h3><p class='muted small'>{_e(blurb)}")
         if total > len(items):
-            parts.append(" Capped for size; every image is listed in predictions.csv.")
+            where = f"; every image is listed in {images_list}" if images_list else ""
+            parts.append(f" Capped for size{_e(where)}.")
         parts.append("</p>")
         if items:
             parts.append(f'<div class="gallery">{"".join(map(_gallery_card, items))}</div>')
@@ -460,7 +465,7 @@ def _gallery_section(
     return "".join(parts)
 
 
-def _errors_section(errors: Sequence[Mapping[str, Any]], cap: int) -> str:
+def _errors_section(errors: Sequence[Mapping[str, Any]], cap: int, full_list: str | None) -> str:
     if not errors:
         return (
             '<section id="errors"><h2>Errors (0)</h2><p>Every matched input was scored.</p>'
@@ -477,7 +482,7 @@ def _errors_section(errors: Sequence[Mapping[str, Any]], cap: int) -> str:
         f'<section id="errors"><h2>Errors ({len(ordered)})</h2>'
         '<p class="muted small">Inputs that could not be scored, and why.</p>'
         f"{_table(['Image', 'Error', 'Reason'], rows, [False, False, False])}"
-        f"{_more_line(len(ordered) - cap, 'errors', 'errors.csv')}</section>"
+        f"{_more_line(len(ordered) - cap, 'errors', full_list)}</section>"
     )
 
 
@@ -511,22 +516,26 @@ def render_report(
     error_cap: int = 200,
     patient_cap: int = 500,
     gallery_totals: Mapping[str, int] | None = None,
+    full_lists: Mapping[str, str] | None = None,
 ) -> str:
     """The whole report.html document; metrics None means no input had ground truth.
 
     `plots` maps a caption to a relative href; hrefs are plain (not URL-encoded) relative paths
     inside the output dir, and anything else raises ValueError. `gallery_totals` (optional, per
-    category) lets the page say how many items select_gallery's caps left out.
+    category) lets the page say how many items select_gallery's caps left out. `full_lists` names
+    the files beside the report that list everything a capped table leaves out, by kind
+    ("images", "patients", "errors"); a kind without a file is only said to be capped.
     """
+    full_lists = full_lists or {}
     note_html = "".join(f"<p>{_e(note)}</p>" for note in notes)
     sections = [
         _summary_section(summary),
         _headline_section(metrics),
         _plots_section(plots),
         _magnification_section(metrics),
-        _patients_section(patients, patient_cap),
-        _gallery_section(gallery, gallery_totals, metrics is not None),
-        _errors_section(errors, error_cap),
+        _patients_section(patients, patient_cap, full_lists.get("patients")),
+        _gallery_section(gallery, gallery_totals, metrics is not None, full_lists.get("images")),
+        _errors_section(errors, error_cap, full_lists.get("errors")),
     ]
     nav = [
         ("run", "Run", bool(summary)),

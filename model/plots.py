@@ -20,6 +20,18 @@ from model.constants import CLASS_NAMES  # noqa: E402
 logger = logging.getLogger(__name__)
 
 Curve = tuple[np.ndarray, np.ndarray, float | None]
+
+# Where both jobs write their plots, relative to their output folder ("/"-separated).
+ROC_PLOT = "plots/roc.png"
+PR_PLOT = "plots/pr.png"
+CONFUSION_MATRIX_PLOT = "plots/confusion_matrix.png"
+TRAINING_CURVES_PLOT = "plots/training_curves.png"
+EVALUATION_PLOTS: dict[str, str] = {
+    "ROC": ROC_PLOT,
+    "Precision-recall": PR_PLOT,
+    "Confusion matrix": CONFUSION_MATRIX_PLOT,
+}
+"""Caption -> file of the evaluation plots, as report.html shows them."""
 _DPI = 100
 _PANELS = (("loss", "Loss"), ("auc", "AUC"), ("acc", "Accuracy"))
 

@@ -7,6 +7,7 @@ from PIL import Image
 
 from model.gradcam import encode_png, overlay_heatmap
 
+REPORT_ASSETS_DIR = "report_assets"  # beside report.html: the gallery's downsized images
 GALLERY_WIDTH = 360  # pixels; the page shows pairs side by side, full-size files stay elsewhere
 
 

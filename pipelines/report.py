@@ -26,18 +26,17 @@ from model.html_report import (
     write_report,
 )
 from model.naming import basename
+from model.plots import EVALUATION_PLOTS
 from model.preprocessing import bounded_copy, decode_rgb
-from model.report_assets import downsize
+from model.report_assets import REPORT_ASSETS_DIR, downsize
 from pipelines.aggregates import MetricsInputs
 from pipelines.outputs import HEATMAP_DIR, ScoredImage, ScoringError, heatmap_name
-from pipelines.report_writer import PLOTS_DIR
 
 logger = logging.getLogger(__name__)
 
 PER_CATEGORY = 12
 MAX_MISCLASSIFIED = 48
 ERROR_SAMPLE = 200
-ASSETS_DIR = "report_assets"
 _GALLERY_FIELDS = ("image_path", "p_malignant", "predicted_label", "true_label", "heatmap_path")
 
 
@@ -104,14 +103,16 @@ def _gallery_items(
             if not row["heatmap_path"]:
                 continue
             name = heatmap_name(row["image_path"])
-            original_href = f"{ASSETS_DIR}/{name}"
+            original_href = f"{REPORT_ASSETS_DIR}/{name}"
             try:
                 data = storage.read_bytes(row["image_path"], max_bytes=max_bytes)
                 original = downsize(bounded_copy(decode_rgb(data)))
             except Exception as error:  # the file changed since scoring: show the rest
                 logger.warning("Gallery skips %s: %s", row["image_path"], error)
                 continue
-            storage.write_bytes(storage.join(output_dir, ASSETS_DIR, name), encode_png(original))
+            storage.write_bytes(
+                storage.join(output_dir, REPORT_ASSETS_DIR, name), encode_png(original)
+            )
             items.append(
                 GalleryItem(
                     image_path=row["image_path"],
@@ -143,13 +144,7 @@ def write_scoring_report(
         dict(zip(PATIENT_COLUMNS, row, strict=True))
         for row in patient_table(metrics_inputs.patient_rows, threshold)
     ]
-    plots = {}
-    if metrics is not None:
-        plots = {
-            "ROC": f"{PLOTS_DIR}/roc.png",
-            "Precision-recall": f"{PLOTS_DIR}/pr.png",
-            "Confusion matrix": f"{PLOTS_DIR}/confusion_matrix.png",
-        }
+    plots = EVALUATION_PLOTS if metrics is not None else {}
     notes = [
         f"Scored with model {summary.get('model_id')} at decision threshold {threshold:.4f} "
         "(chosen on the training job's validation split).",
@@ -169,6 +164,11 @@ def write_scoring_report(
         summary=_summary_rows(summary),
         notes=notes,
         gallery_totals=totals,
+        full_lists={
+            "images": "predictions.csv",
+            "patients": "patients.csv",
+            "errors": "errors.csv",
+        },
     )
     return write_report(output_dir, html)
 

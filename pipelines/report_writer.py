@@ -20,7 +20,6 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 PATIENTS_FILE = "patients.csv"
 SUMMARY_FILE = "summary.json"
-PLOTS_DIR = "plots"
 
 
 def _json(value: Any) -> str:
@@ -56,13 +55,15 @@ def write_metrics(inputs: MetricsInputs, output_dir: str, threshold: float) -> d
     roc, pr = _curves(inputs, report)
     pooled_metrics = report["image_level"][POOLED]
     prevalence = pooled_metrics["n_malignant"] / pooled_metrics["n"]
-    plot_dir = storage.join(output_dir, PLOTS_DIR)
-    storage.write_bytes(storage.join(plot_dir, "roc.png"), plots.roc_png(roc))
-    storage.write_bytes(storage.join(plot_dir, "pr.png"), plots.pr_png(pr, prevalence=prevalence))
-    storage.write_bytes(
-        storage.join(plot_dir, "confusion_matrix.png"),
-        plots.confusion_matrix_png(pooled_metrics["confusion_matrix"]),
-    )
+    for relative, png in (
+        (plots.ROC_PLOT, plots.roc_png(roc)),
+        (plots.PR_PLOT, plots.pr_png(pr, prevalence=prevalence)),
+        (
+            plots.CONFUSION_MATRIX_PLOT,
+            plots.confusion_matrix_png(pooled_metrics["confusion_matrix"]),
+        ),
+    ):
+        storage.write_bytes(storage.join(output_dir, *relative.split("/")), png)
     logger.info(
         "Metrics over %d labelled images: accuracy %s, ROC AUC %s",
         pooled_metrics["n"],

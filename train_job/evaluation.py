@@ -38,7 +38,7 @@ def evaluation_report(rows: Sequence[dict], p_malignant: np.ndarray, threshold: 
 
 
 def plot_files(rows: Sequence[dict], p_malignant: np.ndarray, report: dict) -> dict[str, bytes]:
-    """PNG bytes of plots/roc.png, plots/pr.png and plots/confusion_matrix.png."""
+    """PNG bytes of the evaluation plots, by their file (`model.plots.EVALUATION_PLOTS`)."""
     labels = np.array([label_index(row["label"]) for row in rows], dtype=int)
     magnifications = np.array([row["magnification"] for row in rows])
     roc_curves, pr_curves = {}, {}
@@ -57,9 +57,9 @@ def plot_files(rows: Sequence[dict], p_malignant: np.ndarray, report: dict) -> d
         pr_curves[name] = (*curves["pr"], section["pr_auc"])
     prevalence = float(labels.mean()) if len(labels) else None
     return {
-        "plots/roc.png": plots.roc_png(roc_curves, title="ROC, test split"),
-        "plots/pr.png": plots.pr_png(pr_curves, prevalence, title="Precision-recall, test split"),
-        "plots/confusion_matrix.png": plots.confusion_matrix_png(
+        plots.ROC_PLOT: plots.roc_png(roc_curves, title="ROC, test split"),
+        plots.PR_PLOT: plots.pr_png(pr_curves, prevalence, title="Precision-recall, test split"),
+        plots.CONFUSION_MATRIX_PLOT: plots.confusion_matrix_png(
             report["image_level"]["pooled"]["confusion_matrix"],
             title="Confusion matrix, test split",
         ),

@@ -14,20 +14,15 @@ from model.evaluation import PATIENT_COLUMNS, patient_rows_from_records, patient
 from model.gradcam import gradcam_model, predict_with_gradcam
 from model.html_report import GalleryItem, render_report, select_gallery
 from model.labels import predicted_label
+from model.plots import EVALUATION_PLOTS, TRAINING_CURVES_PLOT
 from model.preprocessing import prepare_image
-from model.report_assets import gallery_pair
+from model.report_assets import REPORT_ASSETS_DIR, gallery_pair
 from train_job.data import Discovery
 from train_job.evaluation import evaluation_records
 
 logger = logging.getLogger(__name__)
 
-ASSETS_DIR = "report_assets"
-PLOTS = {
-    "ROC": "plots/roc.png",
-    "Precision-recall": "plots/pr.png",
-    "Confusion matrix": "plots/confusion_matrix.png",
-    "Training curves": "plots/training_curves.png",
-}
+PLOTS = {**EVALUATION_PLOTS, "Training curves": TRAINING_CURVES_PLOT}
 
 
 def prediction_rows(split_rows: Sequence[dict], p_malignant: np.ndarray, threshold: float):
@@ -81,12 +76,12 @@ def write_training_report(
         batch = np.stack([model_input for model_input, _ in prepared])
         originals = [original for _, original in prepared]
         _, heatmaps = predict_with_gradcam(gradcam_model(model), batch, threshold)
-        os.makedirs(os.path.join(work_dir, ASSETS_DIR), exist_ok=True)
+        os.makedirs(os.path.join(work_dir, REPORT_ASSETS_DIR), exist_ok=True)
         for index, ((category, row), original, heatmap) in enumerate(
             zip(chosen, originals, heatmaps, strict=True)
         ):
             original_png, overlay_png = gallery_pair(original, heatmap)
-            stem = f"{ASSETS_DIR}/{index:03d}"
+            stem = f"{REPORT_ASSETS_DIR}/{index:03d}"
             for suffix, data in (("original", original_png), ("overlay", overlay_png)):
                 with open(os.path.join(work_dir, f"{stem}_{suffix}.png"), "wb") as handle:
                     handle.write(data)

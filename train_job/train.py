@@ -22,7 +22,7 @@ from model.constants import CLASS_NAMES
 from model.labels import label_index, label_name
 from model.metrics import choose_threshold
 from model.model_card import ModelCard
-from model.plots import training_curves_png
+from model.plots import TRAINING_CURVES_PLOT, training_curves_png
 from train_job import data
 from train_job.config import TrainConfig
 from train_job.dataset import class_weights_for, make_dataset
@@ -268,7 +268,7 @@ def _write_outputs(config: TrainConfig, work_dir: str, model: keras.Model, outco
         os.makedirs(os.path.join(work_dir, "plots"), exist_ok=True)
         with open(os.path.join(work_dir, name), "wb") as handle:
             handle.write(png)
-    with open(os.path.join(work_dir, "plots", "training_curves.png"), "wb") as handle:
+    with open(os.path.join(work_dir, *TRAINING_CURVES_PLOT.split("/")), "wb") as handle:
         handle.write(training_curves_png(outcome.history))
     _write_text(work_dir, "history.json", json.dumps(outcome.history, indent=2) + "\n")
     card = ModelCard(

@@ -370,10 +370,12 @@ def test_report_caps_long_tables_with_an_and_n_more_line():
         patient_cap=5,
         error_cap=1,
         gallery_totals={"misclassified": 40},
+        full_lists={"patients": "patients.csv", "errors": "errors.csv", "images": "all.csv"},
     )
     visible = _Page(page_text).visible
     assert "… and 2 more patients, see patients.csv." in visible
     assert "… and 2 more errors, see errors.csv." in visible
+    assert "every image is listed in all.csv" in visible
     shown_ids = re.findall(r"14-(\d{4})AB", visible)
     assert shown_ids == ["8994", "8995", "8996", "8997", "8998"]
     assert "bad0.png" in visible and "bad1.png" not in visible
@@ -383,6 +385,21 @@ def test_report_caps_long_tables_with_an_and_n_more_line():
         render_report(title="t", metrics=None, plots={}, gallery=[], patients=patients[:2])
     ).visible
     assert "more patients" not in uncapped
+
+    # The page names only the files its caller says exist (a training export has no errors.csv).
+    unnamed = _Page(
+        render_report(
+            title="t",
+            metrics=None,
+            plots={},
+            gallery=gallery,
+            errors=errors,
+            error_cap=1,
+            gallery_totals={"misclassified": 40},
+        )
+    ).visible
+    assert "… and 2 more errors." in unnamed
+    assert ".csv" not in unnamed
 
 
 def test_report_shows_summary_notes_and_the_threshold():
