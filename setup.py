@@ -3,7 +3,8 @@
 from setuptools import find_packages, setup
 
 setup(
-    name="breakhis-gradcam",
+    # "breakhis-gradcam" on PyPI is an unrelated 2020 project; this name is free there.
+    name="breakhis-vgg16-gradcam",
     version="0.1.0",
     description="BreakHis benign/malignant classifier (VGG16) with Grad-CAM: training job and "
     "Apache Beam scoring pipeline",
@@ -13,6 +14,10 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",  # Keras 3
+        # Scoring loads .keras files in safe mode; releases before 3.14 let a crafted archive
+        # bypass it (CVE-2025-1550, fixed in 3.9; CVE-2025-8747 and CVE-2025-9906, fixed in
+        # 3.11; CVE-2026-1462 via TFSMLayer, fixed in 3.14).
+        "keras>=3.14",
         "tensorboard",  # TensorBoard callback logs; not pulled in by tensorflow 2.21
         "apache-beam[gcp]>=2.60",
         "numpy",
