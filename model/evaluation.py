@@ -40,19 +40,6 @@ def _majority_label(labels: Iterable[int], patient_id: str) -> int:
     return majority_index(n_malignant, len(labels))
 
 
-def records_from_arrays(
-    labels: Sequence[int],
-    p_malignant: Sequence[float],
-    patient_ids: Sequence[str],
-    magnifications: Sequence[str],
-) -> list[dict[str, Any]]:
-    """Zip parallel arrays into the records `evaluate` takes."""
-    return [
-        {"label": int(y), "p_malignant": float(p), "patient_id": str(pid), "magnification": mag}
-        for y, p, pid, mag in zip(labels, p_malignant, patient_ids, magnifications, strict=True)
-    ]
-
-
 def patient_rows_from_records(
     records: Iterable[Mapping[str, Any]], threshold: float
 ) -> list[dict[str, Any]]:

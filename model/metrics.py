@@ -10,7 +10,7 @@ are valid JSON; every number is a plain Python int or float.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -239,20 +239,6 @@ class StreamingSummary:
         self.brier_sum += (p - label) ** 2
         return self
 
-    def add_batch(self, labels: Sequence[int], p: Sequence[float]) -> StreamingSummary:
-        """Count many images at once (e.g. one RunInference batch); returns self."""
-        y, scores = _as_arrays(labels, p)
-        positive = y == 1
-        predicted = predicted_index(scores, self.threshold).astype(bool)
-        np.add.at(self.positive_counts, score_bins(scores[positive]), 1)
-        np.add.at(self.negative_counts, score_bins(scores[~positive]), 1)
-        self.brier_sum += float(np.sum((scores - y) ** 2))
-        self.tp += int(np.sum(predicted & positive))
-        self.fp += int(np.sum(predicted & ~positive))
-        self.fn += int(np.sum(~predicted & positive))
-        self.tn += int(np.sum(~predicted & ~positive))
-        return self
-
     def merge(self, other: StreamingSummary) -> StreamingSummary:
         """Add other's counts into this summary (in place) and return it."""
         if other.threshold != self.threshold:
@@ -308,44 +294,3 @@ class StreamingSummary:
             return np.array([]), np.array([])
         _, _, tp, fp = self._cumulative()
         return np.concatenate([[0.0], tp / n_pos]), np.concatenate([[1.0], tp / (tp + fp)])
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form; histograms stored sparsely as {bin index: count}."""
-
-        def sparse(counts: np.ndarray) -> dict[str, int]:
-            return {str(int(i)): int(counts[i]) for i in np.flatnonzero(counts)}
-
-        return {
-            "threshold": float(self.threshold),
-            "n_bins": N_BINS,
-            "positive_counts": sparse(self.positive_counts),
-            "negative_counts": sparse(self.negative_counts),
-            "brier_sum": float(self.brier_sum),
-            "tp": self.tp,
-            "fp": self.fp,
-            "tn": self.tn,
-            "fn": self.fn,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StreamingSummary:
-        """Inverse of `to_dict`."""
-        if int(data.get("n_bins", N_BINS)) != N_BINS:
-            raise ValueError(f"summary has {data['n_bins']} bins, expected {N_BINS}")
-
-        def dense(sparse: Mapping[str, int]) -> np.ndarray:
-            counts = np.zeros(N_BINS, dtype=np.int64)
-            for index, count in sparse.items():
-                counts[int(index)] = int(count)
-            return counts
-
-        return cls(
-            threshold=float(data["threshold"]),
-            positive_counts=dense(data["positive_counts"]),
-            negative_counts=dense(data["negative_counts"]),
-            brier_sum=float(data["brier_sum"]),
-            tp=int(data["tp"]),
-            fp=int(data["fp"]),
-            tn=int(data["tn"]),
-            fn=int(data["fn"]),
-        )

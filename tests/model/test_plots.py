@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.metrics import StreamingSummary
 from model.plots import (
     confusion_matrix_png,
     exact_curves,
@@ -17,6 +16,7 @@ from model.plots import (
     roc_png,
     training_curves_png,
 )
+from tests.model.test_metrics import summary_of
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +63,7 @@ def test_pr_png_is_a_png_that_changes_with_prevalence_and_curves():
 
 def test_plots_accept_streaming_curves():
     y, p = _scores(2, 0.5)
-    summary = StreamingSummary(0.5).add_batch(y, p)
+    summary = summary_of(0.5, y, p)
     metrics = summary.metrics()
     _decode(roc_png({"pooled": (*summary.roc_curve(), metrics["roc_auc"])}))
     _decode(pr_png({"pooled": (*summary.pr_curve(), metrics["pr_auc"])}, prevalence=y.mean()))
