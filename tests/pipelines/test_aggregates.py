@@ -20,7 +20,7 @@ from pipelines.aggregates import (
     patient_keys,
     patient_row,
 )
-from pipelines.outputs import scored_image
+from pipelines.rows import scored_image
 
 THRESHOLD = 0.4
 

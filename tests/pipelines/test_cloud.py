@@ -18,12 +18,10 @@ from tests.pipelines.helpers import prediction_rows, read_csv, read_json
 STEP_LABELS = {
     "MatchImages",
     "ScoreImages",
-    "WriteHeatmaps",
-    "WritePredictions",
-    "WriteErrors",
-    "ComputeMetrics",
-    "WriteMetrics",
-    "WriteSummary",
+    "CollectErrors",
+    "ReportProgress",
+    "WriteOutputs",
+    "WriteReports",
 }
 
 

@@ -29,30 +29,30 @@ def image_tree(tmp_path):
     return tmp_path
 
 
-def _expand(patterns):
-    """Run MatchImages in a TestPipeline and check its outputs."""
-    return MatchImages([normalize_pattern(pattern) for pattern in patterns])
+def _expand(patterns, output_dir="/nonexistent/out"):
+    """MatchImages over the normalised patterns, as the job applies it."""
+    return MatchImages([normalize_pattern(pattern) for pattern in patterns], output_dir)
 
 
 def test_double_star_crosses_folders_and_skips_non_images(image_tree):
     root = str(image_tree)
     with test_pipeline.TestPipeline() as pipeline:
-        images, skipped = pipeline | _expand([os.path.join(root, "a", "**")])
+        matches = pipeline | _expand([os.path.join(root, "a", "**")])
         assert_that(
-            images,
+            matches["images"],
             equal_to([f"{root}/a/x.png", f"{root}/a/b/y.jpg", f"{root}/a/b/c/x.png"]),
             label="Images",
         )
-        assert_that(skipped, equal_to([f"{root}/a/readme.md"]), label="Skipped")
+        assert_that(matches["skipped"], equal_to([f"{root}/a/readme.md"]), label="Skipped")
 
 
 def test_single_star_stays_in_its_folder_and_overlaps_are_scored_once(image_tree):
     root = str(image_tree)
     with test_pipeline.TestPipeline() as pipeline:
-        images, _ = pipeline | _expand(
+        matches = pipeline | _expand(
             [os.path.join(root, "a", "*.png"), os.path.join(root, "a", "x.png"), root + "/other"]
         )
-        assert_that(images, equal_to([f"{root}/a/x.png", f"{root}/other/z.tif"]))
+        assert_that(matches["images"], equal_to([f"{root}/a/x.png", f"{root}/other/z.tif"]))
 
 
 def test_manifest_entries_resolve_against_the_manifest_folder(image_tree):
@@ -77,9 +77,9 @@ def test_manifest_entries_resolve_against_the_manifest_folder(image_tree):
     ]
     assert list(read_manifest(str(manifest))) == expected
     with test_pipeline.TestPipeline() as pipeline:
-        images, skipped = pipeline | _expand([str(manifest)])
-        assert_that(images, equal_to(expected), label="Images")
-        assert_that(skipped, equal_to([]), label="Skipped")
+        matches = pipeline | _expand([str(manifest)])
+        assert_that(matches["images"], equal_to(expected), label="Images")
+        assert_that(matches["skipped"], equal_to([]), label="Skipped")
 
 
 def test_manifest_without_image_path_column_is_rejected(tmp_path):

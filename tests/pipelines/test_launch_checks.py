@@ -12,10 +12,10 @@ from pipelines import score
 from pipelines.launch_checks import (
     LaunchError,
     check_inputs,
-    check_model_export,
     check_output_dir,
     check_remote_locations,
 )
+from pipelines.model_checks import check_model_export
 
 
 def _main_error(argv, capsys) -> str:
@@ -38,20 +38,20 @@ def test_a_pattern_that_matches_nothing_stops_the_job(tmp_path, tiny_export, cap
 def test_a_pattern_matching_only_non_images_stops_the_job(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(LaunchError, match="matches 1 files but no image"):
-        check_inputs([str(tmp_path / "*")])
+        check_inputs([str(tmp_path / "*")], str(tmp_path / "out"))
 
 
 def test_manifest_problems_are_named(tmp_path):
     with pytest.raises(LaunchError, match="does not exist"):
-        check_inputs([str(tmp_path / "missing.csv")])
+        check_inputs([str(tmp_path / "missing.csv")], str(tmp_path / "out"))
     wrong_column = tmp_path / "wrong.csv"
     wrong_column.write_text("path\nx.png\n")
     with pytest.raises(LaunchError, match="no 'image_path' column"):
-        check_inputs([str(wrong_column)])
+        check_inputs([str(wrong_column)], str(tmp_path / "out"))
     empty = tmp_path / "empty.csv"
     empty.write_text("image_path\n")
     with pytest.raises(LaunchError, match="lists no images"):
-        check_inputs([str(empty)])
+        check_inputs([str(empty)], str(tmp_path / "out"))
 
 
 def test_a_missing_model_dir_stops_the_job(tmp_path, scoring_inputs, capsys):
@@ -95,12 +95,12 @@ def test_an_output_location_that_cannot_be_written_stops_the_job(
     error = _main_error(_argv([scoring_inputs.labelled[0]], tiny_export, a_file), capsys)
     assert error == f"error: --output_dir {a_file} is a file, not a folder\n"
     with pytest.raises(LaunchError, match="cannot be created"):
-        check_output_dir(str(a_file / "below_a_file"))
+        check_output_dir(str(a_file / "below_a_file"), overwrite=False)
 
 
 def test_a_writable_output_location_is_created_and_left_clean(tmp_path):
     output_dir = tmp_path / "new" / "out"
-    check_output_dir(str(output_dir))
+    check_output_dir(str(output_dir), overwrite=False)
     assert output_dir.is_dir() and list(output_dir.iterdir()) == []
 
 

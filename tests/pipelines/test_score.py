@@ -17,7 +17,7 @@ from PIL import Image
 from model.naming import parse_breakhis_name
 from pipelines import score
 from pipelines.model_handler import METRICS_NAMESPACE
-from pipelines.outputs import PREDICTION_COLUMNS
+from pipelines.rows import PREDICTION_COLUMNS
 from tests.pipelines.conftest import IMAGE_SIZE, load_inputs, run_scoring
 from tests.pipelines.helpers import (
     assert_metrics_close,
@@ -334,4 +334,5 @@ def test_main_exits_non_zero_when_too_many_inputs_fail_and_logs_progress(
     counts = [int(re.search(r"finished (\d+) of 4 matched", line)[1]) for line in progress]
     assert counts == [1, 2, 3, 4]
 
-    assert score.main(argv + ["--max_error_fraction", "0.75"]) == 0
+    # The same folder again: its earlier outputs are replaced, as --overwrite asks.
+    assert score.main(argv + ["--max_error_fraction", "0.75", "--overwrite"]) == 0
