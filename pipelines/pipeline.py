@@ -1,7 +1,8 @@
 """The scoring job's graph: a few named composite transforms, wired by `build_pipeline`.
 
-    MatchImages -> ScoreImages -> CollectErrors -> WriteOutputs -> WriteReports
-                               \\-> ReportProgress
+    MatchImages -> ScoreImages -> CollectErrors -> WriteOutputs + SummarizeRun -> WriteReports
+
+ReportProgress counts ScoreImages' and CollectErrors' outputs as they arrive.
 
 WriteReports writes report.html and then summary.json, the run's last file: it takes every other
 output's write result as a side input, so a summary exists only beside a finished run's outputs.
@@ -145,50 +146,52 @@ class WriteOutputs(beam.PTransform):
         }
 
 
-class WriteReports(beam.PTransform):
-    """Counts, report.html, then summary.json once every other output is final."""
+class SummarizeRun(beam.PTransform):
+    """{records, errors, skipped, excluded} -> the one summary dict, once everything is counted."""
 
-    def __init__(
-        self,
-        config: ScoringConfig,
-        matched: beam.PCollection,
-        written: dict[str, beam.PCollection],
-        job: dict[str, Any],
-        started_at: float,
-    ):
+    def __init__(self, matched: beam.PCollection, job: dict[str, Any], started_at: float):
         super().__init__()
-        self._config = config
         self._matched = matched
-        self._written = written
         self._job = job
         self._started_at = started_at
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
-        """Count, render the report, write the summary last; returns the summary."""
-        config, written = self._config, self._written
-        records, errors = inputs["records"], inputs["errors"]
-        counts = (
-            inputs["records"].pipeline
-            | "CountsTrigger" >> beam.Create([None])
-            | "Counts"
-            >> beam.Map(
-                lambda _, *counted: RunCounts(*counted),
-                AsSingleton(self._matched),
-                AsSingleton(records | "CountOutcomes" >> beam.CombineGlobally(OutcomeCountsFn())),
-                AsSingleton(errors | "CountFailed" >> beam.combiners.Count.Globally()),
-                AsSingleton(
-                    inputs[SKIPPED_TAG] | "CountSkipped" >> beam.combiners.Count.Globally()
-                ),
-                AsSingleton(
-                    inputs[EXCLUDED_TAG] | "CountExcluded" >> beam.combiners.Count.Globally()
-                ),
+        """Count each stream with a combiner and build the summary from the counts."""
+        counted = [
+            AsSingleton(self._matched),
+            AsSingleton(
+                inputs["records"] | "CountOutcomes" >> beam.CombineGlobally(OutcomeCountsFn())
+            ),
+        ] + [
+            AsSingleton(inputs[key] | f"Count{label}" >> beam.combiners.Count.Globally())
+            for key, label in (
+                ("errors", "Failed"),
+                (SKIPPED_TAG, "Skipped"),
+                (EXCLUDED_TAG, "Excluded"),
             )
+        ]
+        return (
+            inputs["records"].pipeline
+            | "Trigger" >> beam.Create([None])
+            | "Counts" >> beam.Map(lambda _, *counts: RunCounts(*counts), *counted)
+            | "Summary" >> beam.Map(build_summary, job=self._job, started_at=self._started_at)
         )
-        summary = counts | "Summarize" >> beam.Map(
-            build_summary, job=self._job, started_at=self._started_at
-        )
-        gallery = records | "SelectGallery" >> beam.CombineGlobally(GalleryFn())
-        error_sample = errors | "SampleErrors" >> beam.combiners.Top.Of(
+
+
+class WriteReports(beam.PTransform):
+    """report.html, then summary.json once every other output is final; returns the summary."""
+
+    def __init__(self, config: ScoringConfig, written: dict[str, beam.PCollection]):
+        super().__init__()
+        self._config = config
+        self._written = written
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        """Pick the gallery and error sample, render the report, write the summary last."""
+        config, written = self._config, self._written
+        summary = inputs["summary"]
+        gallery = inputs["records"] | "SelectGallery" >> beam.CombineGlobally(GalleryFn())
+        error_sample = inputs["errors"] | "SampleErrors" >> beam.combiners.Top.Of(
             ERROR_SAMPLE, key=lambda error: error.image_path, reverse=True
         )
         report = summary | "WriteReport" >> beam.Map(
@@ -205,7 +208,6 @@ class WriteReports(beam.PTransform):
         return summary | "WriteSummary" >> beam.Map(
             write_summary,
             output_dir=config.output_dir,
-            started_at=self._started_at,
             predictions=AsList(written["predictions"]),
             errors=AsList(written["errors"]),
             metrics=AsSingleton(written["metrics"]),
@@ -251,9 +253,12 @@ def build_pipeline(
         config.run_id, config.progress_interval, matched
     )
     written = (records, errors) | "WriteOutputs" >> WriteOutputs(config)
-    _ = {
+    summary = {
         "records": records,
         "errors": errors,
         SKIPPED_TAG: matches[SKIPPED_TAG],
         EXCLUDED_TAG: matches[EXCLUDED_TAG],
-    } | "WriteReports" >> WriteReports(config, matched, written, job, started_at)
+    } | "SummarizeRun" >> SummarizeRun(matched, job, started_at)
+    _ = {"records": records, "errors": errors, "summary": summary} | "WriteReports" >> WriteReports(
+        config, written
+    )

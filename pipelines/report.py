@@ -181,11 +181,13 @@ def write_scoring_report(
 def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The summary.json fields worth a line on the page."""
     keys = (
+        "run_id",
         "inputs_matched",
         "scored",
         "failed",
         "labelled_images",
         "non_image_files_skipped",
+        "output_files_excluded",
         "model_id",
         "runner",
         "direct_num_workers",

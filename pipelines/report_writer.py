@@ -84,7 +84,12 @@ class RunCounts(NamedTuple):
 
 
 def build_summary(counts: RunCounts, job: Mapping[str, Any], started_at: float) -> dict[str, Any]:
-    """summary.json's content, but for finished_at and wall_time_seconds, set when it is written."""
+    """summary.json's content: counts, the run, the model, the runner and the wall time.
+
+    The wall time runs from launch to the end of scoring and counting (this step); the file
+    itself is written later, after every other output (`write_summary`).
+    """
+    finished_at = time.time()
     scored = counts.outcomes["scored"]
     if counts.matched != scored + counts.failed:
         # Every matched path leaves the scorer as a prediction or an error; if not, say so loudly.
@@ -105,6 +110,8 @@ def build_summary(counts: RunCounts, job: Mapping[str, Any], started_at: float) 
         "output_files_excluded": counts.excluded,
         **job,
         "started_at": _iso(started_at),
+        "finished_at": _iso(finished_at),
+        "wall_time_seconds": round(finished_at - started_at, 3),
     }
 
 
@@ -115,19 +122,13 @@ def _iso(timestamp: float) -> str:
 
 
 def write_summary(
-    summary: Mapping[str, Any], output_dir: str, started_at: float, **finished_outputs: Any
-) -> dict[str, Any]:
-    """Write summary.json, the run's last file, stamped with the time it was written; returns it.
+    summary: Mapping[str, Any], output_dir: str, **finished_outputs: Any
+) -> Mapping[str, Any]:
+    """Write summary.json, the run's last file; returns the summary.
 
     `finished_outputs` are the write results of every other output (predictions, errors,
     metrics, report), passed as side inputs only so that this step runs after all of them.
     """
-    finished_at = time.time()
-    summary = {
-        **summary,
-        "finished_at": _iso(finished_at),
-        "wall_time_seconds": round(finished_at - started_at, 3),
-    }
     storage.write_text(storage.join(output_dir, SUMMARY_FILE), _json(summary))
     logger.info(
         "Scored %d of %d matched images (%d failed) in %.1fs; outputs in %s",

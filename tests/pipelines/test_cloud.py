@@ -23,6 +23,7 @@ STEP_LABELS = {
     "CollectErrors",
     "ReportProgress",
     "WriteOutputs",
+    "SummarizeRun",
     "WriteReports",
 }
 

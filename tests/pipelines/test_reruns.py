@@ -58,6 +58,8 @@ def _assert_one_run(output_dir: str, expected_paths: list[str]) -> dict:
     heatmaps = storage.match(storage.join(output_dir, "heatmaps", "*-*.png"))
     heatmaps = [path for path in heatmaps if is_run_output(f"heatmaps/{path.rsplit('/', 1)[-1]}")]
     assert sorted(heatmaps) == sorted(row["heatmap_path"] for row in rows if row["heatmap_path"])
+    report = storage.read_text(storage.join(output_dir, "report.html"))
+    assert f">{summary['run_id']}<" in report  # the page is this run's too
     return summary
 
 
