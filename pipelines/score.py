@@ -27,6 +27,7 @@ from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
     SetupOptions,
+    StandardOptions,
     TestOptions,
 )
 from apache_beam.runners.runner import PipelineResult, PipelineState
@@ -145,6 +146,13 @@ def runner_description(pipeline: beam.Pipeline) -> dict[str, Any]:
     return {"runner": name}
 
 
+def runner_name(options: PipelineOptions, test_pipeline: beam.Pipeline | None) -> str:
+    """The runner the job will use, known before the pipeline object is made."""
+    if test_pipeline is not None:
+        return type(test_pipeline.runner).__name__
+    return options.view_as(StandardOptions).runner or "DirectRunner"
+
+
 def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig, list[str]]:
     """Check flags and locations (raising LaunchError) and read the model card.
 
@@ -157,7 +165,7 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
     earlier = check_output_dir(args.output_dir, args.overwrite)
     num_shards = args.num_shards
     if num_shards is None:
-        num_shards = 1 if runner == "DirectRunner" else 0
+        num_shards = 1 if "direct" in runner.lower() else 0
     config = ScoringConfig(
         run_id=uuid.uuid4().hex,
         patterns=tuple(patterns),
@@ -191,9 +199,10 @@ def launch(
     args, beam_args = parse_args(argv)
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
+    # Checked before the pipeline object is made, so a launch error prints one line only.
+    config, earlier = resolve_config(args, runner_name(options, test_pipeline))
     pipeline = test_pipeline or beam.Pipeline(options=options)
     runner = runner_description(pipeline)
-    config, earlier = resolve_config(args, runner["runner"])
     dry_run = bool(pipeline.options.view_as(TestOptions).dry_run)
     if earlier and dry_run:
         logger.info("Dry run: the %d files of an earlier run stay", len(earlier))

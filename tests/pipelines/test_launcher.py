@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -131,3 +133,25 @@ def test_importing_the_scorer_does_not_load_tensorflow():
         check=True,
     )
     assert result.stdout.strip() == "False"
+
+
+def test_a_launch_error_is_one_line_on_stderr_and_exit_code_2(
+    tmp_path, tiny_export, scoring_inputs
+):
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    card = json.loads((export / "model_card.json").read_text())
+    (export / "model_card.json").write_text(json.dumps({**card, "threshold": None}))
+    argv = [
+        "--input",
+        scoring_inputs.labelled[0],
+        "--model_dir",
+        str(export),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    result = run_launcher(argv, tmp_path / "stderr.log")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: --model_dir {export}: model card has threshold None (need a number in [0, 1])\n"
+    )
