@@ -50,10 +50,11 @@ def card_problems(values: dict[str, Any]) -> list[str]:
     class_names = values.get("class_names", list(CLASS_NAMES))
     if class_names != list(CLASS_NAMES):
         problems.append(f"class_names {class_names!r}, expected {list(CLASS_NAMES)!r}")
-    preprocessing = values.get("preprocessing", {})
+    # An older card without the field means the card's default, this scorer's normalisation.
+    preprocessing = values.get("preprocessing", {"normalization": NORMALIZATION})
     if not isinstance(preprocessing, dict):
         problems.append(f"preprocessing {preprocessing!r} (need an object)")
-    elif preprocessing.get("normalization", NORMALIZATION) != NORMALIZATION:
+    elif preprocessing.get("normalization") != NORMALIZATION:
         problems.append(
             f"normalisation {preprocessing.get('normalization')!r}, this scorer applies "
             f"{NORMALIZATION!r}"
@@ -68,13 +69,10 @@ def model_problems(card: ModelCard, model: ModelOutline, gradcam: bool) -> list[
     """Where the card and the model it describes disagree."""
     problems = []
     expected = (card.image_size, card.image_size, 3)
-    if (
-        any(
-            have is not None and have != want
-            for have, want in zip(model.input_shape, expected, strict=False)
-        )
-        or len(model.input_shape) != 3
-    ):
+    fits = len(model.input_shape) == len(expected) and all(
+        have in (None, want) for have, want in zip(model.input_shape, expected, strict=True)
+    )  # a side of None takes any size
+    if not fits:
         shape = " x ".join("?" if side is None else str(side) for side in model.input_shape)
         problems.append(f"image_size {card.image_size} but {MODEL_FILE} takes {shape} inputs")
     if gradcam:
