@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from model import storage
 from model.constants import CLASS_NAMES
+from model.naming import basename
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ def _patients_section(
 
 
 def _gallery_card(item: GalleryItem) -> str:
-    name = item.image_path.replace("\\", "/").rsplit("/", 1)[-1]
+    name = basename(item.image_path)
     original = _e(check_relative_href(item.original_href))
     overlay = _e(check_relative_href(item.overlay_href))
     css = "card misclassified" if item.category == "misclassified" else "card"

@@ -16,7 +16,7 @@ import apache_beam as beam
 from model.constants import CLASS_NAMES
 from model.labels import label_index, majority_index
 from model.metrics import StreamingSummary
-from pipelines.outputs import ScoredImage
+from pipelines.rows import ScoredImage
 
 POOLED = "pooled"
 # Patient tallies are keyed (patient_id, magnification); this marks a patient's pooled tally.

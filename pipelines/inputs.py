@@ -5,6 +5,10 @@ so a run over millions of images does not embed millions of paths in the job. A 
 glob (`*`, `?`, `**` across folders), a folder (scored recursively) or a CSV manifest: a `.csv`
 path without glob characters whose `image_path` column lists the images, relative entries
 resolved against the manifest's folder.
+
+Every file a glob matches ends in exactly one output: an image path to score, a name that is
+not valid UTF-8 (Beam cannot carry it; reported as an error), a non-image file (skipped), or a
+file inside the run's own output folder (excluded, so a rerun never scores its own heatmaps).
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from model import storage
-from model.naming import is_image_file
+from model.naming import is_image_file, is_valid_utf8_name, printable_path
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMN = "image_path"
+IMAGES_TAG = "images"
+INVALID_NAMES_TAG = "invalid_names"
 SKIPPED_TAG = "skipped"
+EXCLUDED_TAG = "excluded"
 _GLOB_CHARACTERS = ("*", "?", "[")
 
 
@@ -96,12 +103,51 @@ def read_manifest(path: str) -> Iterator[str]:
                 yield resolve_entry(path, entry)
 
 
-class ExpandPatternFn(beam.DoFn):
-    """Pattern -> image paths; non-image files a glob matches go to the `skipped` output.
+class OutputFolder:
+    """Tells whether a matched path lies inside the run's output folder.
 
-    Manifest entries are all kept: a listed file that is not an image is reported as an error
-    by the scorer rather than skipped, since someone asked for it by name.
+    Locally the folder is compared by its absolute and its real path (the input may reach it
+    through a symbolic link); each matched file's folder is resolved once and remembered.
     """
+
+    def __init__(self, output_dir: str):
+        self._remote = storage.is_remote(output_dir)
+        if self._remote:
+            self._prefixes: tuple[str, ...] = (output_dir.rstrip("/") + "/",)
+        else:
+            absolute = os.path.abspath(output_dir)
+            self._prefixes = tuple(
+                {absolute.rstrip(os.sep) + os.sep, os.path.realpath(absolute) + os.sep}
+            )
+        self._folders: dict[str, bool] = {}
+
+    def holds(self, path: str) -> bool:
+        """Whether path is inside the output folder."""
+        if path.startswith(self._prefixes):
+            return True
+        if self._remote:
+            return False
+        folder = os.path.dirname(path)
+        inside = self._folders.get(folder)
+        if inside is None:
+            inside = (os.path.realpath(folder) + os.sep).startswith(self._prefixes)
+            self._folders[folder] = inside
+        return inside
+
+
+class ExpandPatternFn(beam.DoFn):
+    """Pattern -> image paths, plus tagged outputs for the files that are not scored.
+
+    Glob matches go to `invalid_names` (printable form of a name that is not valid UTF-8),
+    `excluded` (inside the output folder), `skipped` (not an image) or the image paths. Local
+    globs list every entry (`storage.match`), dangling links and FIFOs included, so the scorer
+    reports them instead of losing them. Manifest entries are all kept: a listed file that is
+    not an image is reported as an error by the scorer rather than skipped, since someone asked
+    for it by name.
+    """
+
+    def __init__(self, output_dir: str):
+        self._output_dir = output_dir
 
     def process(self, pattern: str) -> Iterator[str | beam.pvalue.TaggedOutput]:
         """Yield the paths of one pattern."""
@@ -112,38 +158,57 @@ class ExpandPatternFn(beam.DoFn):
                 yield path
             logger.info("Manifest %s lists %d images", pattern, count)
             return
-        metadata = FileSystems.match([pattern])[0].metadata_list
-        images = 0
-        for item in metadata:
-            if is_image_file(item.path):
-                images += 1
-                yield item.path
+        output_folder = OutputFolder(self._output_dir)
+        counts = dict.fromkeys((IMAGES_TAG, INVALID_NAMES_TAG, SKIPPED_TAG, EXCLUDED_TAG), 0)
+        for path in storage.match(pattern):
+            if output_folder.holds(path):
+                tag, value = EXCLUDED_TAG, printable_path(path)
+            elif not is_image_file(path):
+                tag, value = SKIPPED_TAG, printable_path(path)
+            elif not is_valid_utf8_name(path):
+                tag, value = INVALID_NAMES_TAG, printable_path(path)
             else:
-                yield beam.pvalue.TaggedOutput(SKIPPED_TAG, item.path)
+                tag, value = IMAGES_TAG, path
+            counts[tag] += 1
+            yield value if tag == IMAGES_TAG else beam.pvalue.TaggedOutput(tag, value)
         logger.info(
-            "Pattern %s matches %d images (%d other files skipped)",
+            "Pattern %s matches %d images (%d with names that are not valid UTF-8; %d other "
+            "files skipped, %d files of the output folder excluded)",
             pattern,
-            images,
-            len(metadata) - images,
+            counts[IMAGES_TAG] + counts[INVALID_NAMES_TAG],
+            counts[INVALID_NAMES_TAG],
+            counts[SKIPPED_TAG],
+            counts[EXCLUDED_TAG],
         )
 
 
 class MatchImages(beam.PTransform):
-    """Patterns -> (distinct image paths, skipped non-image paths)."""
+    """Patterns -> {images, invalid_names, skipped, excluded}, each path once.
 
-    def __init__(self, patterns: Sequence[str]):
+    `images` are the distinct image paths to score; `invalid_names` the printable names of
+    image files whose names are not valid UTF-8; `skipped` non-image files; `excluded` files
+    inside output_dir.
+    """
+
+    def __init__(self, patterns: Sequence[str], output_dir: str):
         super().__init__()
         self._patterns = list(patterns)
+        self._output_dir = output_dir
 
-    def expand(self, pbegin: beam.pvalue.PBegin):
+    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         """Expand every pattern on a worker, then deduplicate (which also spreads the paths)."""
         expanded = (
             pbegin
             | "Patterns" >> beam.Create(self._patterns)
-            | "Expand" >> beam.ParDo(ExpandPatternFn()).with_outputs(SKIPPED_TAG, main="images")
+            | "Expand"
+            >> beam.ParDo(ExpandPatternFn(self._output_dir)).with_outputs(
+                INVALID_NAMES_TAG, SKIPPED_TAG, EXCLUDED_TAG, main=IMAGES_TAG
+            )
         )
         # Distinct shuffles by path: a file reached by two patterns is scored once, and the
         # paths of one huge pattern are spread across workers instead of staying on the one
         # that listed them.
-        images = expanded.images | "Deduplicate" >> beam.Distinct()
-        return images, expanded[SKIPPED_TAG]
+        return {
+            tag: expanded[tag] | f"Distinct{tag.title().replace('_', '')}" >> beam.Distinct()
+            for tag in (IMAGES_TAG, INVALID_NAMES_TAG, SKIPPED_TAG, EXCLUDED_TAG)
+        }

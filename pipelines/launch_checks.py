@@ -7,20 +7,18 @@ import os
 import uuid
 from collections.abc import Sequence
 
-from apache_beam.io.filesystems import FileSystems
-
 from model import storage
-from model.constants import CLASS_NAMES, IMAGE_EXTENSIONS, MIN_IMAGE_SIZE
-from model.model_card import ModelCard, missing_export_files, read_model_card
-from model.naming import is_image_file
-from model.preprocessing import NORMALIZATION
+from model.constants import IMAGE_EXTENSIONS
+from model.naming import basename, is_image_file, printable_path
 from pipelines.inputs import (
     MANIFEST_COLUMN,
+    OutputFolder,
     has_glob,
     is_manifest,
     normalize_pattern,
     read_manifest_header,
 )
+from pipelines.run_outputs import WRITE_CHECK_PREFIX, earlier_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +30,12 @@ class LaunchError(Exception):
     """A problem with the job's flags or locations, found before the pipeline starts."""
 
 
-def check_flags(batch_size: int, max_error_fraction: float, num_shards: int | None) -> None:
+def check_flags(
+    batch_size: int, max_error_fraction: float, num_shards: int | None, max_file_mb: float
+) -> None:
     """Reject numeric flags outside their ranges."""
+    if not max_file_mb > 0:  # also false for NaN
+        raise LaunchError(f"--max_file_mb must be above 0, got {max_file_mb}")
     if batch_size < 1:
         raise LaunchError(f"--batch_size must be at least 1, got {batch_size}")
     if not 0.0 <= max_error_fraction <= 1.0:
@@ -42,15 +44,18 @@ def check_flags(batch_size: int, max_error_fraction: float, num_shards: int | No
         raise LaunchError(f"--num_shards must be 0 (runner decides) or more, got {num_shards}")
 
 
-def check_inputs(patterns: Sequence[str]) -> list[str]:
-    """Normalised patterns, each checked to match at least one image (or to be a manifest)."""
+def check_inputs(patterns: Sequence[str], output_dir: str) -> list[str]:
+    """Normalised patterns, each checked to match at least one image (or to be a manifest).
+
+    Files inside output_dir do not count: the job excludes them from matching.
+    """
     checked = []
     for pattern in patterns:
         normalized = normalize_pattern(pattern)
         if is_manifest(normalized):
             _check_manifest(normalized)
         else:
-            normalized = _check_glob(pattern, normalized)
+            normalized = _check_glob(pattern, normalized, OutputFolder(output_dir))
         checked.append(normalized)
     return checked
 
@@ -71,15 +76,15 @@ def _check_manifest(path: str) -> None:
         raise LaunchError(f"--input manifest {path} lists no images")
 
 
-def _match_some(pattern: str, normalized: str) -> list:
-    """Up to LAUNCH_MATCH_LIMIT matches of a pattern."""
+def _match_some(pattern: str, normalized: str) -> list[str]:
+    """Up to LAUNCH_MATCH_LIMIT matches of a pattern (every kind of entry, as the job lists)."""
     try:
-        return FileSystems.match([normalized], limits=[LAUNCH_MATCH_LIMIT])[0].metadata_list
+        return storage.match(normalized, limit=LAUNCH_MATCH_LIMIT)
     except Exception as error:  # BeamIOError wraps whatever the filesystem raised
         raise LaunchError(f"--input {pattern!r} cannot be listed: {error}") from error
 
 
-def _check_glob(pattern: str, normalized: str) -> str:
+def _check_glob(pattern: str, normalized: str, output_folder: OutputFolder) -> str:
     """The pattern (as it will be expanded) after checking it matches at least one image.
 
     A `gs://` folder given without a trailing slash matches no object itself; it is read as
@@ -92,7 +97,13 @@ def _check_glob(pattern: str, normalized: str) -> str:
         normalized = folder if found else normalized
     if not found:
         raise LaunchError(f"--input {pattern!r} matches no file")
-    if not any(is_image_file(item.path) for item in found):
+    outputs = [path for path in found if output_folder.holds(path)]
+    found = [path for path in found if not output_folder.holds(path)]
+    if outputs and not found:
+        raise LaunchError(
+            f"--input {pattern!r} matches only files inside --output_dir, which are never scored"
+        )
+    if not any(is_image_file(path) for path in found):
         if len(found) < LAUNCH_MATCH_LIMIT:
             raise LaunchError(
                 f"--input {pattern!r} matches {len(found)} files but no image "
@@ -106,42 +117,12 @@ def _check_glob(pattern: str, normalized: str) -> str:
     return normalized
 
 
-def check_model_export(model_dir: str) -> ModelCard:
-    """The export's card, after checking the export is complete and this scorer can use it."""
-    if not storage.is_remote(model_dir) and not os.path.isdir(model_dir):
-        raise LaunchError(f"--model_dir {model_dir} does not exist")
-    try:
-        missing = missing_export_files(model_dir)
-    except Exception as error:
-        raise LaunchError(f"--model_dir {model_dir} cannot be read: {error}") from error
-    if missing:
-        raise LaunchError(
-            f"--model_dir {model_dir} is not a complete training export: missing "
-            f"{', '.join(missing)}"
-        )
-    try:
-        card = read_model_card(model_dir)
-    except Exception as error:  # bad JSON, wrong types, unreadable file
-        raise LaunchError(
-            f"--model_dir {model_dir}: unreadable model_card.json ({error})"
-        ) from error
-    normalization = card.preprocessing.get("normalization")
-    problems = []
-    if normalization != NORMALIZATION:
-        problems.append(f"normalisation {normalization!r}, this scorer applies {NORMALIZATION!r}")
-    if not isinstance(card.image_size, int) or card.image_size < MIN_IMAGE_SIZE:
-        problems.append(f"image_size {card.image_size!r} (need an int >= {MIN_IMAGE_SIZE})")
-    if not 0.0 <= float(card.threshold) <= 1.0:
-        problems.append(f"threshold {card.threshold!r} outside [0, 1]")
-    if list(card.class_names) != list(CLASS_NAMES):
-        problems.append(f"class_names {card.class_names!r}, expected {list(CLASS_NAMES)!r}")
-    if problems:
-        raise LaunchError(f"--model_dir {model_dir}: model card has {'; '.join(problems)}")
-    return card
+def check_output_dir(output_dir: str, overwrite: bool) -> list[str]:
+    """Create the output folder if needed, prove it writable; return an earlier run's files.
 
-
-def check_output_dir(output_dir: str) -> None:
-    """Create the output folder if needed and prove a file can be written and deleted there."""
+    Without --overwrite, a folder holding an earlier run's files is refused: a run's outputs
+    must all come from that run. With it, the files are returned for removal before the run.
+    """
     if not storage.is_remote(output_dir):
         if os.path.exists(output_dir) and not os.path.isdir(output_dir):
             raise LaunchError(f"--output_dir {output_dir} is a file, not a folder")
@@ -149,24 +130,21 @@ def check_output_dir(output_dir: str) -> None:
             os.makedirs(output_dir, exist_ok=True)
         except OSError as error:
             raise LaunchError(f"--output_dir {output_dir} cannot be created: {error}") from error
-    probe = storage.join(output_dir, f".write-check-{uuid.uuid4().hex}")
+    probe = storage.join(output_dir, f"{WRITE_CHECK_PREFIX}{uuid.uuid4().hex}")
     try:
         storage.write_bytes(probe, b"")
         storage.delete([probe])
     except Exception as error:  # permission, missing bucket, read-only filesystem, ...
         raise LaunchError(f"--output_dir {output_dir} is not writable: {error}") from error
-    existing = [
-        path
-        for pattern in ("predictions*.csv", "errors.csv")
-        for path in storage.match(storage.join(output_dir, pattern))
-    ]
-    if existing:
-        logger.warning(
-            "--output_dir %s already holds outputs (%s); they will be overwritten, and files "
-            "this run does not write (old shards, old heatmaps) stay",
-            output_dir,
-            ", ".join(os.path.basename(path) for path in existing[:3]),
+    earlier = earlier_outputs(output_dir)
+    if earlier and not overwrite:
+        names = ", ".join(printable_path(basename(path)) for path in earlier[:3])
+        more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
+        raise LaunchError(
+            f"--output_dir {output_dir} holds an earlier run's outputs ({names}{more}); pass "
+            "--overwrite to remove them before this run, or choose another folder"
         )
+    return earlier
 
 
 def check_remote_locations(runner: str, locations: Sequence[str]) -> None:

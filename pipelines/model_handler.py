@@ -4,8 +4,9 @@ Beam's own TensorFlow handler imports `tensorflow_hub` and loads SavedModels; ou
 training export's `model.keras` (through `model.model_card`, so `gs://` works), builds the
 Grad-CAM model once per worker process (RunInference shares it between the process's threads),
 and scores a whole batch with one call. Reading and decoding happen in `prepare_image`, the
-handler's preprocessing function, so RunInference's exception handling routes unreadable files
-to its dead-letter output.
+handler's preprocessing function, and turning a result into its predictions.csv row (writing the
+Grad-CAM overlay) its post-processing function, so RunInference's exception handling routes
+unreadable files and failed writes to its dead-letter outputs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 from model import storage
 from model.preprocessing import OVERLAY_MAX_SIDE, prepare_image
+from pipelines.heatmaps import prediction_row
+from pipelines.tensorflow_runtime import load_tensorflow
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedSc
 
     def load_model(self) -> LoadedScorer:
         """Load the export (staged from `gs://` if needed) and build the Grad-CAM model."""
+        load_tensorflow()
         from model.gradcam import gradcam_model
         from model.model_card import load_exported_model
 
@@ -147,16 +151,28 @@ def keyed_scoring_handler(
     model_dir: str,
     image_size: int,
     threshold: float,
+    heatmap_dir: str,
     gradcam: bool = True,
     batch_size: int = 32,
-    max_bytes: int = storage.DEFAULT_MAX_FILE_MB * storage.MEBIBYTE,
+    max_bytes: int = storage.max_bytes_from_mb(storage.DEFAULT_MAX_FILE_MB),
+    last_conv_layer: str | None = None,
+    logit_layer: str | None = None,
 ) -> ModelHandler:
-    """Path -> (path, PredictionResult): the handler keyed by image path, reading in preprocess."""
+    """Path -> ScoredImage: reads in preprocessing, writes the overlay in post-processing."""
     handler = KeyedModelHandler(
-        GradCamModelHandler(model_dir, threshold, gradcam=gradcam, batch_size=batch_size)
+        GradCamModelHandler(
+            model_dir,
+            threshold,
+            gradcam=gradcam,
+            batch_size=batch_size,
+            last_conv_layer=last_conv_layer,
+            logit_layer=logit_layer,
+        )
     )
     return handler.with_preprocess_fn(
         functools.partial(
             read_and_prepare, image_size=image_size, keep_original=gradcam, max_bytes=max_bytes
         )
+    ).with_postprocess_fn(
+        functools.partial(prediction_row, heatmap_dir=heatmap_dir, threshold=threshold)
     )

@@ -16,7 +16,6 @@ import apache_beam as beam
 
 from model import storage
 from model.evaluation import PATIENT_COLUMNS, patient_table
-from model.gradcam import encode_png
 from model.html_report import (
     GALLERY_CATEGORIES,
     GalleryItem,
@@ -30,7 +29,9 @@ from model.plots import EVALUATION_PLOTS
 from model.preprocessing import bounded_copy, decode_rgb
 from model.report_assets import REPORT_ASSETS_DIR, downsize
 from pipelines.aggregates import MetricsInputs
-from pipelines.outputs import HEATMAP_DIR, ScoredImage, ScoringError, heatmap_name
+from pipelines.heatmaps import HEATMAP_DIR, heatmap_name
+from pipelines.rows import ScoredImage, ScoringError
+from pipelines.tensorflow_runtime import load_tensorflow
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +95,12 @@ class GalleryFn(beam.CombineFn):
 
 
 def _gallery_items(
-    picks: Mapping[str, Sequence[Mapping]], output_dir: str, max_bytes: int | None = None
+    picks: Mapping[str, Sequence[Mapping]], output_dir: str, max_bytes: int
 ) -> list[GalleryItem]:
     """Write a downsized copy of each picked original; link it beside its overlay."""
+    load_tensorflow()  # model.gradcam imports TensorFlow
+    from model.gradcam import encode_png
+
     items = []
     for category in GALLERY_CATEGORIES:
         for row in picks.get(category, []):
@@ -136,10 +140,11 @@ def write_scoring_report(
     output_dir: str,
     threshold: float,
     gradcam: bool,
+    max_bytes: int,
 ) -> str:
-    """Render and write report.html (a Beam Map over the one summary element); returns its path."""
+    """Render and write report.html (a Beam Map over the run's summary); returns its path."""
     picks, totals = gallery
-    items = _gallery_items(picks, output_dir) if gradcam else []
+    items = _gallery_items(picks, output_dir, max_bytes) if gradcam else []
     patients = [
         dict(zip(PATIENT_COLUMNS, row, strict=True))
         for row in patient_table(metrics_inputs.patient_rows, threshold)
@@ -176,11 +181,13 @@ def write_scoring_report(
 def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The summary.json fields worth a line on the page."""
     keys = (
+        "run_id",
         "inputs_matched",
         "scored",
         "failed",
         "labelled_images",
         "non_image_files_skipped",
+        "output_files_excluded",
         "model_id",
         "runner",
         "direct_num_workers",

@@ -7,13 +7,13 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from model import storage
 from model.constants import CLASS_NAMES
 from model.evaluation import PATIENT_COLUMNS, patient_table, report_from_summaries
 from pipelines.aggregates import POOLED, MetricsInputs
-from pipelines.outputs import csv_line
+from pipelines.csv_output import csv_line
 
 logger = logging.getLogger(__name__)
 
@@ -73,30 +73,41 @@ def write_metrics(inputs: MetricsInputs, output_dir: str, threshold: float) -> d
     return report
 
 
-def build_summary(
-    matched: int,
-    outcomes: Mapping[str, int],
-    failed: int,
-    skipped: int,
-    job: Mapping[str, Any],
-    started_at: float,
-) -> dict[str, Any]:
-    """summary.json: counts, the model, the runner and the wall time since launch."""
+class RunCounts(NamedTuple):
+    """What happened to the run's inputs, counted by combiners."""
+
+    matched: int  # image inputs, scored or failed
+    outcomes: Mapping[str, int]  # OutcomeCountsFn's counts of the predictions
+    failed: int
+    skipped: int  # non-image files the patterns matched
+    excluded: int  # files inside --output_dir the patterns matched
+
+
+def build_summary(counts: RunCounts, job: Mapping[str, Any], started_at: float) -> dict[str, Any]:
+    """summary.json's content: counts, the run, the model, the runner and the wall time.
+
+    The wall time runs from launch to the end of scoring and counting (this step); the file
+    itself is written later, after every other output (`write_summary`).
+    """
     finished_at = time.time()
-    scored = outcomes["scored"]
-    if matched != scored + failed:
+    scored = counts.outcomes["scored"]
+    if counts.matched != scored + counts.failed:
         # Every matched path leaves the scorer as a prediction or an error; if not, say so loudly.
         logger.error(
-            "Accounting mismatch: %d matched but %d scored + %d failed", matched, scored, failed
+            "Accounting mismatch: %d matched but %d scored + %d failed",
+            counts.matched,
+            scored,
+            counts.failed,
         )
     return {
-        "inputs_matched": matched,
+        "inputs_matched": counts.matched,
         "scored": scored,
-        "failed": failed,
-        "failed_fraction": failed / matched if matched else 0.0,
-        "predictions_per_class": {name: outcomes[name] for name in CLASS_NAMES},
-        "labelled_images": outcomes["labelled"],
-        "non_image_files_skipped": skipped,
+        "failed": counts.failed,
+        "failed_fraction": counts.failed / counts.matched if counts.matched else 0.0,
+        "predictions_per_class": {name: counts.outcomes[name] for name in CLASS_NAMES},
+        "labelled_images": counts.outcomes["labelled"],
+        "non_image_files_skipped": counts.skipped,
+        "output_files_excluded": counts.excluded,
         **job,
         "started_at": _iso(started_at),
         "finished_at": _iso(finished_at),
@@ -111,28 +122,28 @@ def _iso(timestamp: float) -> str:
 
 
 def write_summary(
-    _: Any,
-    matched: int,
-    outcomes: Mapping[str, int],
-    failed: int,
-    skipped: int,
-    output_dir: str,
-    job: Mapping[str, Any],
-    started_at: float,
-) -> dict[str, Any]:
-    """Build and write summary.json (a Beam Map over one trigger element); returns it."""
-    summary = build_summary(matched, outcomes, failed, skipped, job, started_at)
+    summary: Mapping[str, Any], output_dir: str, **finished_outputs: Any
+) -> Mapping[str, Any]:
+    """Write summary.json, the run's last file; returns the summary.
+
+    `finished_outputs` are the write results of every other output (predictions, errors,
+    metrics, report), passed as side inputs only so that this step runs after all of them.
+    """
     storage.write_text(storage.join(output_dir, SUMMARY_FILE), _json(summary))
     logger.info(
-        "Scored %d of %d matched images (%d failed) in %.1fs",
+        "Scored %d of %d matched images (%d failed) in %.1fs; outputs in %s",
         summary["scored"],
-        matched,
-        failed,
+        summary["inputs_matched"],
+        summary["failed"],
         summary["wall_time_seconds"],
+        output_dir,
     )
     return summary
 
 
-def read_summary(output_dir: str) -> dict[str, Any]:
-    """The summary.json a finished run wrote."""
-    return json.loads(storage.read_text(storage.join(output_dir, SUMMARY_FILE)))
+def read_summary(output_dir: str) -> dict[str, Any] | None:
+    """The summary.json in output_dir, or None when there is none."""
+    path = storage.join(output_dir, SUMMARY_FILE)
+    if not storage.exists(path):
+        return None
+    return json.loads(storage.read_text(path))

@@ -1,12 +1,14 @@
 """Batch-score histopathology images with a training export, on any Beam runner.
 
     python -m pipelines.score --input 'images/**' --model_dir export/ --output_dir scores/ \
-        [--no_gradcam] [--batch_size 32] [--max_error_fraction 0.05] [Beam options]
+        [--no_gradcam] [--batch_size 32] [--max_error_fraction 0.05] [--max_file_mb 256] \
+        [--overwrite] [-v] [Beam options]
 
-Flow: MatchImages -> ScoreImages (RunInference: read + decode + preprocess, one batched forward
-pass giving P(malignant) and Grad-CAM) -> WriteHeatmaps -> WritePredictions / WriteErrors ->
-ComputeMetrics (streaming combiners) -> WriteMetrics, WriteSummary. Flags this module does not
-know (`--runner`, `--direct_num_workers`, `--project`, ...) go to Beam untouched.
+Flow (pipelines/pipeline.py): MatchImages -> ScoreImages (RunInference: read + decode +
+preprocess, one batched forward pass giving P(malignant) and Grad-CAM, overlay written in
+post-processing) -> CollectErrors -> WriteOutputs (predictions, errors, metrics) ->
+WriteReports (report.html, then summary.json last). Flags this module does not know
+(`--runner`, `--direct_num_workers`, `--project`, ...) go to Beam untouched.
 """
 
 from __future__ import annotations
@@ -21,42 +23,30 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
     SetupOptions,
+    StandardOptions,
     TestOptions,
 )
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from model import storage
-from pipelines.aggregates import ComputeMetrics, OutcomeCountsFn
-from pipelines.inputs import MatchImages
+from pipelines.csv_output import CSV_SUFFIX, ERRORS_NAME
 from pipelines.launch_checks import (
     LaunchError,
     check_flags,
     check_inputs,
-    check_model_export,
     check_output_dir,
     check_remote_locations,
 )
-from pipelines.model_handler import keyed_scoring_handler
-from pipelines.outputs import (
-    ERROR_COLUMNS,
-    ERRORS_NAME,
-    HEATMAP_DIR,
-    PREDICTION_COLUMNS,
-    PREDICTIONS_NAME,
-    WriteCsv,
-    WriteHeatmapFn,
-    error_for_path,
-    error_for_scored,
-    errors_for_batch,
-)
-from pipelines.progress import DEFAULT_INTERVAL_SECONDS, ReportProgressFn, quiet_worker_logs
-from pipelines.report import ERROR_SAMPLE, GalleryFn, write_scoring_report
-from pipelines.report_writer import read_summary, write_metrics, write_summary
+from pipelines.model_checks import check_model_export
+from pipelines.pipeline import ScoringConfig, build_pipeline
+from pipelines.progress import DEFAULT_INTERVAL_SECONDS, quiet_worker_logs
+from pipelines.report_writer import SUMMARY_FILE, read_summary
+from pipelines.run_outputs import remove_outputs
+from pipelines.tensorflow_runtime import set_verbosity
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +59,12 @@ EXIT_LAUNCH_ERROR = 2
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoringConfig:
-    """Everything the pipeline's transforms need, checked and resolved before it is built."""
+class LaunchedRun:
+    """A run that was checked, built and run: its config, Beam's result, and whether it ran."""
 
-    patterns: tuple[str, ...]
-    model_dir: str
-    output_dir: str
-    gradcam: bool
-    batch_size: int
-    num_shards: int
-    image_size: int
-    threshold: float
-    model_id: str
-    progress_interval: float
+    config: ScoringConfig
+    result: PipelineResult
+    dry_run: bool
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -124,10 +107,28 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "default 1 on the DirectRunner, 0 elsewhere",
     )
     parser.add_argument(
+        "--max_file_mb",
+        type=float,
+        default=storage.DEFAULT_MAX_FILE_MB,
+        help="an input file larger than this many MiB is an error, not read (default %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="remove an earlier run's outputs from --output_dir before scoring (without it, "
+        "such a folder is refused)",
+    )
+    parser.add_argument(
         "--progress_interval",
         type=float,
         default=DEFAULT_INTERVAL_SECONDS,
         help="seconds between progress lines per worker process (default %(default)s)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's native start-up lines (oneDNN, CUDA, CPU features)",
     )
     return parser.parse_known_args(argv)
 
@@ -145,136 +146,70 @@ def runner_description(pipeline: beam.Pipeline) -> dict[str, Any]:
     return {"runner": name}
 
 
-def resolve_config(args: argparse.Namespace, runner: str) -> ScoringConfig:
-    """Check flags and locations (raising LaunchError) and read the model card."""
-    check_flags(args.batch_size, args.max_error_fraction, args.num_shards)
+def runner_name(options: PipelineOptions, test_pipeline: beam.Pipeline | None) -> str:
+    """The runner the job will use, known before the pipeline object is made."""
+    if test_pipeline is not None:
+        return type(test_pipeline.runner).__name__
+    return options.view_as(StandardOptions).runner or "DirectRunner"
+
+
+def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig, list[str]]:
+    """Check flags and locations (raising LaunchError) and read the model card.
+
+    Returns the config and the earlier run's files to remove (only with --overwrite).
+    """
+    check_flags(args.batch_size, args.max_error_fraction, args.num_shards, args.max_file_mb)
     check_remote_locations(runner, [*args.input, args.model_dir, args.output_dir])
-    patterns = check_inputs(args.input)
-    card = check_model_export(args.model_dir)
-    check_output_dir(args.output_dir)
+    patterns = check_inputs(args.input, args.output_dir)
+    card = check_model_export(args.model_dir, gradcam=not args.no_gradcam)
+    earlier = check_output_dir(args.output_dir, args.overwrite)
     num_shards = args.num_shards
     if num_shards is None:
-        num_shards = 1 if runner == "DirectRunner" else 0
-    return ScoringConfig(
+        num_shards = 1 if "direct" in runner.lower() else 0
+    config = ScoringConfig(
+        run_id=uuid.uuid4().hex,
         patterns=tuple(patterns),
         model_dir=args.model_dir,
         output_dir=args.output_dir,
         gradcam=not args.no_gradcam,
         batch_size=args.batch_size,
         num_shards=num_shards,
-        image_size=int(card.image_size),
+        max_bytes=storage.max_bytes_from_mb(args.max_file_mb),
+        image_size=card.image_size,
         threshold=float(card.threshold),
         model_id=card.model_id,
+        last_conv_layer=card.last_conv_layer,
+        logit_layer=card.logit_layer,
         progress_interval=args.progress_interval,
     )
+    return config, earlier
 
 
-def build_pipeline(
-    pipeline: beam.Pipeline, config: ScoringConfig, job: dict[str, Any], started_at: float
-) -> None:
-    """Apply every step of the scoring job to the pipeline."""
-    images, skipped = pipeline | "MatchImages" >> MatchImages(config.patterns)
-    matched = images | "CountMatched" >> beam.combiners.Count.Globally()
-    # Scoring waits for the match count (paths are small; matching is quick next to scoring),
-    # so the progress step can take the count as a side input and still run fused with the
-    # scoring, reporting while images are scored rather than after.
-    images = images | "AwaitMatchCount" >> beam.Map(
-        lambda path, _: path, beam.pvalue.AsSingleton(matched)
-    )
-
-    handler = keyed_scoring_handler(
-        config.model_dir,
-        image_size=config.image_size,
-        threshold=config.threshold,
-        gradcam=config.gradcam,
-        batch_size=config.batch_size,
-    )
-    scored, failures = images | "ScoreImages" >> RunInference(handler).with_exception_handling()
-
-    heatmap_dir = storage.join(config.output_dir, HEATMAP_DIR)
-    records, write_failures = (
-        scored
-        | ("WriteHeatmaps" if config.gradcam else "FormatPredictions")
-        >> beam.ParDo(WriteHeatmapFn(heatmap_dir, config.threshold)).with_exception_handling()
-    )
-
-    error_parts = [
-        failed | f"ReadErrors{index}" >> beam.Map(error_for_path)
-        for index, failed in enumerate(failures.failed_preprocessing)
-    ]
-    error_parts.append(
-        failures.failed_inferences | "InferenceErrors" >> beam.FlatMap(errors_for_batch)
-    )
-    error_parts.append(write_failures | "HeatmapErrors" >> beam.Map(error_for_scored))
-    errors = error_parts | "CollectErrors" >> beam.Flatten()
-
-    _ = records | "WritePredictions" >> WriteCsv(
-        config.output_dir, PREDICTIONS_NAME, PREDICTION_COLUMNS, config.num_shards
-    )
-    _ = errors | "WriteErrors" >> WriteCsv(config.output_dir, ERRORS_NAME, ERROR_COLUMNS)
-    metrics_inputs = records | "ComputeMetrics" >> ComputeMetrics(config.threshold)
-    metrics = metrics_inputs | "WriteMetrics" >> beam.Map(
-        write_metrics, config.output_dir, config.threshold
-    )
-    gallery = records | "SelectGallery" >> beam.CombineGlobally(GalleryFn())
-    error_sample = errors | "SampleErrors" >> beam.combiners.Top.Of(
-        ERROR_SAMPLE, key=lambda error: error.image_path, reverse=True
-    )
-
-    failed = errors | "CountFailed" >> beam.combiners.Count.Globally()
-    skipped_count = skipped | "CountSkipped" >> beam.combiners.Count.Globally()
-    outcomes = records | "CountOutcomes" >> beam.CombineGlobally(OutcomeCountsFn())
-    # Counted straight off the scoring step's outputs, so on the DirectRunner the count runs
-    # in the same fused stage as the scoring and the lines appear while images are scored.
-    job_id = uuid.uuid4().hex
-    for label, finished in (("ReportScored", records), ("ReportFailed", errors)):
-        _ = finished | label >> beam.ParDo(
-            ReportProgressFn(job_id, config.progress_interval), beam.pvalue.AsSingleton(matched)
-        )
-    summary = (
-        pipeline
-        | "SummaryTrigger" >> beam.Create([None])
-        | "WriteSummary"
-        >> beam.Map(
-            write_summary,
-            matched=beam.pvalue.AsSingleton(matched),
-            outcomes=beam.pvalue.AsSingleton(outcomes),
-            failed=beam.pvalue.AsSingleton(failed),
-            skipped=beam.pvalue.AsSingleton(skipped_count),
-            output_dir=config.output_dir,
-            job=job,
-            started_at=started_at,
-        )
-    )
-    _ = summary | "WriteReport" >> beam.Map(
-        write_scoring_report,
-        metrics=beam.pvalue.AsSingleton(metrics),
-        metrics_inputs=beam.pvalue.AsSingleton(metrics_inputs),
-        gallery=beam.pvalue.AsSingleton(gallery),
-        errors=beam.pvalue.AsSingleton(error_sample),
-        output_dir=config.output_dir,
-        threshold=config.threshold,
-        gradcam=config.gradcam,
-    )
-
-
-def run(
+def launch(
     argv: Sequence[str] | None = None,
     save_main_session: bool = True,
     test_pipeline: beam.Pipeline | None = None,
-) -> PipelineResult:
-    """Check the launch, build and run the pipeline, and wait for it; returns Beam's result.
+) -> LaunchedRun:
+    """Check the launch, clear an earlier run's files (--overwrite), build, run and wait.
 
-    Raises LaunchError, before anything runs, for unusable inputs, model or output location.
+    Raises LaunchError, before anything runs or is removed, for unusable flags, inputs, model
+    or output location.
     """
     started_at = time.time()
     args, beam_args = parse_args(argv)
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
+    # Checked before the pipeline object is made, so a launch error prints one line only.
+    config, earlier = resolve_config(args, runner_name(options, test_pipeline))
     pipeline = test_pipeline or beam.Pipeline(options=options)
     runner = runner_description(pipeline)
-    config = resolve_config(args, runner["runner"])
+    dry_run = bool(pipeline.options.view_as(TestOptions).dry_run)
+    if earlier and dry_run:
+        logger.info("Dry run: the %d files of an earlier run stay", len(earlier))
+    elif earlier:
+        remove_outputs(config.output_dir, earlier)
     job = {
+        "run_id": config.run_id,
         "model_id": config.model_id,
         "model_dir": config.model_dir,
         "threshold": config.threshold,
@@ -284,11 +219,13 @@ def run(
         "output_dir": config.output_dir,
         "batch_size": config.batch_size,
         "max_error_fraction": args.max_error_fraction,
+        "max_file_mb": args.max_file_mb,
         **runner,
     }
     logger.info(
-        "Scoring %s with model %s (image size %d, threshold %.3f, Grad-CAM %s) on the %s; "
-        "outputs in %s",
+        "Run %s: scoring %s with model %s (image size %d, threshold %.3f, Grad-CAM %s) on the "
+        "%s; outputs in %s",
+        config.run_id,
         " ".join(config.patterns),
         config.model_id,
         config.image_size,
@@ -300,11 +237,23 @@ def run(
     build_pipeline(pipeline, config, job, started_at)
     result = pipeline.run()
     result.wait_until_finish()
-    return result
+    return LaunchedRun(config=config, result=result, dry_run=dry_run)
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    save_main_session: bool = True,
+    test_pipeline: beam.Pipeline | None = None,
+) -> PipelineResult:
+    """Beam's entry-point contract: launch the job and return Beam's result (see `launch`)."""
+    return launch(argv, save_main_session, test_pipeline).result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: run, then exit 2 on launch errors and 1 when too many inputs failed."""
+    args, _ = parse_args(argv)
+    # Before anything imports TensorFlow; worker processes inherit the choice.
+    set_verbosity(args.verbose)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -312,23 +261,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     quiet_worker_logs()
     try:
-        result = run(argv)
+        launched = launch(argv)
     except LaunchError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_LAUNCH_ERROR
-    args, beam_args = parse_args(argv)
-    if PipelineOptions(beam_args).view_as(TestOptions).dry_run:
+    if launched.dry_run:
         logger.info("Dry run: the job graph was built and not run")
         return 0
-    if result.state != PipelineState.DONE:
-        print(f"error: the pipeline ended in state {result.state}", file=sys.stderr)
+    if launched.result.state != PipelineState.DONE:
+        print(f"error: the pipeline ended in state {launched.result.state}", file=sys.stderr)
         return EXIT_TOO_MANY_ERRORS
-    summary = read_summary(args.output_dir)
+    output_dir = launched.config.output_dir
+    summary = read_summary(output_dir)
+    if summary is None or summary.get("run_id") != launched.config.run_id:
+        print(
+            f"error: {storage.join(output_dir, SUMMARY_FILE)} is not this run's "
+            f"({launched.config.run_id}); was another run writing to --output_dir?",
+            file=sys.stderr,
+        )
+        return EXIT_TOO_MANY_ERRORS
     if summary["failed_fraction"] > args.max_error_fraction:
+        errors_csv = storage.join(output_dir, ERRORS_NAME + CSV_SUFFIX)
         print(
             f"error: {summary['failed']} of {summary['inputs_matched']} inputs failed "
             f"({summary['failed_fraction']:.1%} > --max_error_fraction "
-            f"{args.max_error_fraction:.1%}); see {storage.join(args.output_dir, 'errors.csv')}",
+            f"{args.max_error_fraction:.1%}); see {errors_csv}",
             file=sys.stderr,
         )
         return EXIT_TOO_MANY_ERRORS

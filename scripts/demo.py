@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             model_dir,
             "--output_dir",
             scores_dir,
+            "--overwrite",  # a rerun of the demo replaces its earlier scores
             "--direct_num_workers",
             "0",
             "--direct_running_mode",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import struct
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,3 +99,32 @@ def distinct_bins(p: Sequence[float]) -> bool:
     scores = np.unique(np.asarray(p, dtype=float))
     bins = score_bins(scores)
     return len(set(bins.tolist())) == len(scores)
+
+
+def write_large_png(path: str, width: int, height: int) -> None:
+    """An RGB PNG of width x height written row by row, never holding the image in memory.
+
+    Each row is a repeating colour ramp, so the file stays small (about 450 KB at 12000 x 12000)
+    while a decoder must still allocate the full image.
+    """
+    ramp = bytes(value for index in range(100) for value in (index * 2, 255 - index, 128))
+    row = b"\x00" + (ramp * (width // 100 + 1))[: 3 * width]  # filter type 0, then pixels
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    compressor = zlib.compressobj(9)
+    with open(path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n")
+        handle.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        for _ in range(height):
+            data = compressor.compress(row)
+            if data:
+                handle.write(chunk(b"IDAT", data))
+        handle.write(chunk(b"IDAT", compressor.flush()))
+        handle.write(chunk(b"IEND", b""))

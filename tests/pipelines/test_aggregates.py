@@ -20,7 +20,7 @@ from pipelines.aggregates import (
     patient_keys,
     patient_row,
 )
-from pipelines.outputs import scored_image
+from pipelines.rows import scored_image
 from tests.model.test_metrics import summary_state
 
 THRESHOLD = 0.4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import tarfile
@@ -11,6 +12,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 from model import storage
 from pipelines.launch_checks import LaunchError
+from pipelines.model_checks import check_model_export
 from tests.conftest import REPO_ROOT
 from tests.pipelines.conftest import run_scoring
 from tests.pipelines.helpers import prediction_rows, read_csv, read_json
@@ -18,12 +20,11 @@ from tests.pipelines.helpers import prediction_rows, read_csv, read_json
 STEP_LABELS = {
     "MatchImages",
     "ScoreImages",
-    "WriteHeatmaps",
-    "WritePredictions",
-    "WriteErrors",
-    "ComputeMetrics",
-    "WriteMetrics",
-    "WriteSummary",
+    "CollectErrors",
+    "ReportProgress",
+    "WriteOutputs",
+    "SummarizeRun",
+    "WriteReports",
 }
 
 
@@ -185,3 +186,42 @@ def test_dataflow_gpu_job_uses_the_custom_container_and_accelerator(bucket_input
     assert options["dataflow_service_options"] == [service_option]
     assert {"use_runner_v2", "no_use_multiple_sdk_containers"} <= set(options["experiments"])
     assert (options["machine_type"], options["max_num_workers"]) == ("n1-standard-8", 4)
+
+
+def test_a_gs_rerun_needs_overwrite_which_removes_only_the_scorers_files(
+    bucket_inputs, scoring_inputs
+):
+    root = bucket_inputs
+    output_dir = f"{root}/rerun"
+    model = ["--model_dir", f"{root}/model", "--max_error_fraction", "1"]
+    run_scoring(["--input", f"{root}/images/synthetic", "--output_dir", output_dir, *model])
+    assert len(storage.match(f"{output_dir}/heatmaps/*.png")) == len(scoring_inputs.labelled)
+    user_files = {f"{output_dir}/notes.txt": "mine", f"{output_dir}/heatmaps/mine.png": "mine"}
+    for path, text in user_files.items():
+        storage.write_text(path, text)
+
+    second = ["--input", f"{root}/lists/extra.csv", "--output_dir", output_dir, *model]
+    with pytest.raises(LaunchError, match="earlier run's outputs .* --overwrite"):
+        run_scoring(second)
+    run_scoring([*second, "--overwrite", "--no_gradcam"])
+
+    summary = read_json(f"{output_dir}/summary.json")
+    rows = prediction_rows(output_dir)
+    errors = read_csv(f"{output_dir}/errors.csv")
+    assert summary["scored"] == len(rows) == len(scoring_inputs.unlabelled)
+    assert summary["failed"] == len(errors) == len(scoring_inputs.broken)
+    assert storage.match(f"{output_dir}/heatmaps/*") == [f"{output_dir}/heatmaps/mine.png"]
+    for stale in ("metrics.json", "patients.csv", "plots/roc.png"):
+        assert not storage.exists(f"{output_dir}/{stale}"), stale
+    for path, text in user_files.items():
+        assert storage.read_text(path) == text
+    assert not [path for path in storage.match(f"{output_dir}/**") if "beam-temp-" in path]
+
+
+def test_a_gs_model_whose_card_disagrees_with_its_model_is_refused(bucket_inputs, tiny_export):
+    model_dir = f"{bucket_inputs}/bad_model"
+    storage.upload_dir(tiny_export, model_dir)
+    card = read_json(f"{model_dir}/model_card.json")
+    storage.write_text(f"{model_dir}/model_card.json", json.dumps({**card, "image_size": 64}))
+    with pytest.raises(LaunchError, match="image_size 64 but model.keras takes 32 x 32 x 3"):
+        check_model_export(model_dir)

@@ -29,30 +29,30 @@ def image_tree(tmp_path):
     return tmp_path
 
 
-def _expand(patterns):
-    """Run MatchImages in a TestPipeline and check its outputs."""
-    return MatchImages([normalize_pattern(pattern) for pattern in patterns])
+def _expand(patterns, output_dir="/nonexistent/out"):
+    """MatchImages over the normalised patterns, as the job applies it."""
+    return MatchImages([normalize_pattern(pattern) for pattern in patterns], output_dir)
 
 
 def test_double_star_crosses_folders_and_skips_non_images(image_tree):
     root = str(image_tree)
     with test_pipeline.TestPipeline() as pipeline:
-        images, skipped = pipeline | _expand([os.path.join(root, "a", "**")])
+        matches = pipeline | _expand([os.path.join(root, "a", "**")])
         assert_that(
-            images,
+            matches["images"],
             equal_to([f"{root}/a/x.png", f"{root}/a/b/y.jpg", f"{root}/a/b/c/x.png"]),
             label="Images",
         )
-        assert_that(skipped, equal_to([f"{root}/a/readme.md"]), label="Skipped")
+        assert_that(matches["skipped"], equal_to([f"{root}/a/readme.md"]), label="Skipped")
 
 
 def test_single_star_stays_in_its_folder_and_overlaps_are_scored_once(image_tree):
     root = str(image_tree)
     with test_pipeline.TestPipeline() as pipeline:
-        images, _ = pipeline | _expand(
+        matches = pipeline | _expand(
             [os.path.join(root, "a", "*.png"), os.path.join(root, "a", "x.png"), root + "/other"]
         )
-        assert_that(images, equal_to([f"{root}/a/x.png", f"{root}/other/z.tif"]))
+        assert_that(matches["images"], equal_to([f"{root}/a/x.png", f"{root}/other/z.tif"]))
 
 
 def test_manifest_entries_resolve_against_the_manifest_folder(image_tree):
@@ -77,9 +77,9 @@ def test_manifest_entries_resolve_against_the_manifest_folder(image_tree):
     ]
     assert list(read_manifest(str(manifest))) == expected
     with test_pipeline.TestPipeline() as pipeline:
-        images, skipped = pipeline | _expand([str(manifest)])
-        assert_that(images, equal_to(expected), label="Images")
-        assert_that(skipped, equal_to([]), label="Skipped")
+        matches = pipeline | _expand([str(manifest)])
+        assert_that(matches["images"], equal_to(expected), label="Images")
+        assert_that(matches["skipped"], equal_to([]), label="Skipped")
 
 
 def test_manifest_without_image_path_column_is_rejected(tmp_path):
@@ -102,3 +102,34 @@ def test_remote_manifest_entries_resolve_within_the_bucket():
     assert resolve_entry("gs://b/lists/m.csv", "../img/x.png") == "gs://b/img/x.png"
     assert resolve_entry("gs://b/lists/m.csv", "gs://c/y.png") == "gs://c/y.png"
     assert resolve_entry("/data/lists/m.csv", "/abs/z.png") == "/abs/z.png"
+
+
+def test_every_glob_match_lands_in_exactly_one_output(image_tree):
+    root = str(image_tree)
+    output_dir = image_tree / "a" / "scores"
+    (output_dir / "heatmaps").mkdir(parents=True)
+    (output_dir / "heatmaps" / "x-0123456789abcdef.png").write_bytes(b"x")
+    (output_dir / "summary.json").write_bytes(b"{}")
+    invalid = os.fsencode(image_tree / "a") + b"/\xff.png"
+    with open(invalid, "wb") as handle:
+        handle.write(b"x")
+    os.symlink(image_tree / "nowhere.png", image_tree / "a" / "dangling.png")
+    with test_pipeline.TestPipeline() as pipeline:
+        matches = pipeline | _expand([os.path.join(root, "a", "**")], str(output_dir))
+        assert_that(
+            matches["images"],
+            equal_to(
+                [f"{root}/a/x.png", f"{root}/a/b/y.jpg", f"{root}/a/b/c/x.png"]
+                + [f"{root}/a/dangling.png"]  # listed, so the scorer reports it
+            ),
+            label="Images",
+        )
+        assert_that(matches["invalid_names"], equal_to([f"{root}/a/\\xff.png"]), label="Invalid")
+        assert_that(matches["skipped"], equal_to([f"{root}/a/readme.md"]), label="Skipped")
+        assert_that(
+            matches["excluded"],
+            equal_to(
+                [f"{output_dir}/heatmaps/x-0123456789abcdef.png", f"{output_dir}/summary.json"]
+            ),
+            label="Excluded",
+        )

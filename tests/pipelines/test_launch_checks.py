@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 
 import pytest
@@ -12,10 +13,10 @@ from pipelines import score
 from pipelines.launch_checks import (
     LaunchError,
     check_inputs,
-    check_model_export,
     check_output_dir,
     check_remote_locations,
 )
+from pipelines.model_checks import check_model_export
 
 
 def _main_error(argv, capsys) -> str:
@@ -38,20 +39,20 @@ def test_a_pattern_that_matches_nothing_stops_the_job(tmp_path, tiny_export, cap
 def test_a_pattern_matching_only_non_images_stops_the_job(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(LaunchError, match="matches 1 files but no image"):
-        check_inputs([str(tmp_path / "*")])
+        check_inputs([str(tmp_path / "*")], str(tmp_path / "out"))
 
 
 def test_manifest_problems_are_named(tmp_path):
     with pytest.raises(LaunchError, match="does not exist"):
-        check_inputs([str(tmp_path / "missing.csv")])
+        check_inputs([str(tmp_path / "missing.csv")], str(tmp_path / "out"))
     wrong_column = tmp_path / "wrong.csv"
     wrong_column.write_text("path\nx.png\n")
     with pytest.raises(LaunchError, match="no 'image_path' column"):
-        check_inputs([str(wrong_column)])
+        check_inputs([str(wrong_column)], str(tmp_path / "out"))
     empty = tmp_path / "empty.csv"
     empty.write_text("image_path\n")
     with pytest.raises(LaunchError, match="lists no images"):
-        check_inputs([str(empty)])
+        check_inputs([str(empty)], str(tmp_path / "out"))
 
 
 def test_a_missing_model_dir_stops_the_job(tmp_path, scoring_inputs, capsys):
@@ -95,12 +96,12 @@ def test_an_output_location_that_cannot_be_written_stops_the_job(
     error = _main_error(_argv([scoring_inputs.labelled[0]], tiny_export, a_file), capsys)
     assert error == f"error: --output_dir {a_file} is a file, not a folder\n"
     with pytest.raises(LaunchError, match="cannot be created"):
-        check_output_dir(str(a_file / "below_a_file"))
+        check_output_dir(str(a_file / "below_a_file"), overwrite=False)
 
 
 def test_a_writable_output_location_is_created_and_left_clean(tmp_path):
     output_dir = tmp_path / "new" / "out"
-    check_output_dir(str(output_dir))
+    check_output_dir(str(output_dir), overwrite=False)
     assert output_dir.is_dir() and list(output_dir.iterdir()) == []
 
 
@@ -115,3 +116,79 @@ def test_bad_numeric_flags_are_rejected(tmp_path, scoring_inputs, tiny_export, c
     assert "--batch_size must be at least 1" in _main_error(argv + ["--batch_size", "0"], capsys)
     error = _main_error(argv + ["--max_error_fraction", "1.5"], capsys)
     assert "--max_error_fraction must be in [0, 1]" in error
+
+
+_DROP = object()  # a card change that removes the field
+
+
+def _export_with_card(tmp_path, tiny_export, **changes) -> pathlib.Path:
+    """A copy of the tiny export whose card has the given fields changed (None kept as null)."""
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    card_path = export / "model_card.json"
+    card = json.loads(card_path.read_text())
+    for key, value in changes.items():
+        if value is _DROP:
+            card.pop(key)
+        else:
+            card[key] = value
+    card_path.write_text(json.dumps(card))
+    return export
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"threshold": "abc"}, "threshold 'abc' (need a number in [0, 1])"),
+        ({"threshold": None}, "threshold None (need a number in [0, 1])"),
+        ({"threshold": True}, "threshold True (need a number in [0, 1])"),
+        ({"threshold": 1.5}, "threshold 1.5 (need a number in [0, 1])"),
+        ({"threshold": _DROP}, "no 'threshold'"),
+        ({"class_names": None}, "class_names None, expected ['benign', 'malignant']"),
+        ({"class_names": ["malignant", "benign"]}, "class_names ['malignant', 'benign']"),
+        ({"preprocessing": None}, "preprocessing None (need an object)"),
+        ({"image_size": "32"}, "image_size '32' (need an integer from 32 to 512)"),
+        ({"image_size": False}, "image_size False (need an integer from 32 to 512)"),
+        ({"image_size": 100000}, "image_size 100000 (need an integer from 32 to 512)"),
+        ({"model_id": 7}, "model_id 7 (need a string)"),
+        ({"last_conv_layer": None}, "last_conv_layer None (need a layer name)"),
+    ],
+)
+def test_a_card_field_of_the_wrong_type_or_range_stops_the_job_in_one_line(
+    tmp_path, scoring_inputs, tiny_export, capsys, changes, message
+):
+    export = _export_with_card(tmp_path, tiny_export, **changes)
+    error = _main_error(_argv([scoring_inputs.labelled[0]], export, tmp_path / "out"), capsys)
+    assert error.startswith(f"error: --model_dir {export}: model card has ")
+    assert message in error and error.count("\n") == 1 and "Traceback" not in error
+
+
+def test_a_non_finite_threshold_is_refused(tmp_path, tiny_export):
+    export = _export_with_card(tmp_path, tiny_export)
+    card_path = export / "model_card.json"
+    card_path.write_text(card_path.read_text().replace('"threshold": 0.5', '"threshold": NaN'))
+    with pytest.raises(LaunchError, match=r"threshold nan \(need a number in \[0, 1\]\)"):
+        check_model_export(str(export))
+
+
+def test_a_card_image_size_other_than_the_models_input_is_refused(tmp_path, tiny_export):
+    export = _export_with_card(tmp_path, tiny_export, image_size=64)
+    with pytest.raises(LaunchError, match="image_size 64 but model.keras takes 32 x 32 x 3"):
+        check_model_export(str(export))
+
+
+@pytest.mark.parametrize("field", ["last_conv_layer", "logit_layer"])
+def test_a_gradcam_layer_the_model_lacks_is_refused_unless_gradcam_is_off(
+    tmp_path, tiny_export, field
+):
+    export = _export_with_card(tmp_path, tiny_export, **{field: "block9_conv9"})
+    with pytest.raises(LaunchError, match=f"{field} 'block9_conv9' names no layer of model.keras"):
+        check_model_export(str(export))
+    assert check_model_export(str(export), gradcam=False).model_id == "tiny-test"
+
+
+def test_a_model_file_that_is_not_a_keras_archive_is_refused(tmp_path, tiny_export):
+    export = _export_with_card(tmp_path, tiny_export)
+    (export / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(LaunchError, match="model.keras cannot be read .not a Keras archive"):
+        check_model_export(str(export))

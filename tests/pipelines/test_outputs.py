@@ -1,4 +1,4 @@
-"""Per-image outputs: rows, heatmap names, error descriptions and CSV writing."""
+"""Per-image outputs: rows, heatmap names and files, error descriptions and CSV writing."""
 
 from __future__ import annotations
 
@@ -12,25 +12,18 @@ import traceback
 import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from model.preprocessing import ImageDecodeError
-from pipelines.model_handler import ImageScore, PreparedImage
-from pipelines.outputs import (
-    ERROR_COLUMNS,
-    ScoringError,
-    WriteCsv,
-    WriteHeatmapFn,
-    csv_line,
-    describe_failure,
-    error_for_scored,
-    errors_for_batch,
-    heatmap_name,
-    scored_image,
-)
+from pipelines.csv_output import WriteCsv, csv_line
+from pipelines.dead_letters import describe_failure, error_for_scored, errors_for_batch
+from pipelines.heatmaps import HEATMAP_NAME, heatmap_name, prediction_row
+from pipelines.model_handler import ImageScore, PreparedImage, keyed_scoring_handler
+from pipelines.rows import ERROR_COLUMNS, ScoringError, scored_image
+from tests.pipelines.conftest import IMAGE_SIZE
 
 BREAKHIS_PATH = "gs://bucket/BreaKHis_v1/SOB_M_DC_14-2523/40X/SOB_M_DC-14-2523-40-010.png"
 
@@ -67,6 +60,7 @@ def test_equal_file_names_in_different_folders_get_different_heatmaps():
 def test_heatmap_names_stay_inside_the_heatmap_folder(path):
     name = heatmap_name(path)
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{16}\.png", name), name
+    assert HEATMAP_NAME.fullmatch(name), name  # what --overwrite recognises as a heatmap
     folder = os.path.join("/out", "heatmaps")
     assert os.path.dirname(os.path.normpath(os.path.join(folder, name))) == folder
 
@@ -125,41 +119,38 @@ def _prediction(original: np.ndarray, p: float) -> PredictionResult:
     )
 
 
-def test_heatmap_writer_writes_the_overlay_and_routes_write_failures(tmp_path):
+def test_the_prediction_row_writes_the_overlay_at_the_kept_original_size(tmp_path):
     original = np.full((10, 14, 3), 128, dtype=np.uint8)
+    row = prediction_row(("/in/ok.png", _prediction(original, 0.8)), str(tmp_path), 0.5)
+    assert (row.image_path, row.predicted_label) == ("/in/ok.png", "malignant")
+    assert os.path.dirname(row.heatmap_path) == str(tmp_path)
+    with Image.open(row.heatmap_path) as heatmap:
+        assert heatmap.size == (14, 10) and heatmap.mode == "RGB"
+        assert np.asarray(heatmap).std() > 0  # coloured by the map, not a flat copy
+
+
+def test_a_failed_heatmap_write_becomes_an_error_row_through_runinference(
+    tmp_path, tiny_export, scoring_inputs
+):
     blocked = tmp_path / "file.txt"
-    blocked.write_text("a file where a folder should be")
-    good_dir = tmp_path / "heatmaps"
+    blocked.write_text("a file where the heatmap folder should be")
+    paths = scoring_inputs.labelled[:2]
+    handler = keyed_scoring_handler(
+        tiny_export, IMAGE_SIZE, 0.5, heatmap_dir=str(blocked / "heatmaps"), batch_size=2
+    )
     with test_pipeline.TestPipeline() as pipeline:
-        elements = pipeline | beam.Create([("/in/ok.png", _prediction(original, 0.8))])
-        rows, _ = (
-            elements
-            | "Good" >> beam.ParDo(WriteHeatmapFn(str(good_dir), 0.5)).with_exception_handling()
+        scored, failures = (
+            pipeline | beam.Create(paths) | RunInference(handler).with_exception_handling()
         )
-        assert_that(
-            rows
-            | beam.Map(
-                lambda r: (r.image_path, r.predicted_label, os.path.dirname(r.heatmap_path))
-            ),
-            equal_to([("/in/ok.png", "malignant", str(good_dir))]),
-            label="Rows",
-        )
-        _, failed = (
-            elements
-            | "Blocked"
-            >> beam.ParDo(WriteHeatmapFn(str(blocked / "heatmaps"), 0.5)).with_exception_handling()
-        )
+        assert_that(scored, equal_to([]), label="NoRows")
+        (failed,) = failures.failed_postprocessing
         assert_that(
             failed
             | beam.Map(error_for_scored)
             | beam.Map(lambda e: (e.image_path, e.message[:26])),
-            equal_to([("/in/ok.png", "writing the heatmap failed")]),
+            equal_to([(path, "writing the heatmap failed") for path in paths]),
             label="Failed",
         )
-    (written,) = list(good_dir.iterdir())
-    with Image.open(written) as heatmap:
-        assert heatmap.size == (14, 10) and heatmap.mode == "RGB"
-        assert np.asarray(heatmap).std() > 0  # coloured by the map, not a flat copy
 
 
 def test_an_empty_error_output_still_writes_its_header(tmp_path):

@@ -12,8 +12,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from model.html_report import select_gallery
-from pipelines.outputs import ScoredImage
 from pipelines.report import GalleryFn
+from pipelines.rows import ScoredImage
 from tests.browser import broken_images, find_chromium, inspect_page
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from model.naming import parse_breakhis_name
 from pipelines import score
 from pipelines.model_handler import METRICS_NAMESPACE
-from pipelines.outputs import PREDICTION_COLUMNS
+from pipelines.rows import PREDICTION_COLUMNS
 from tests.pipelines.conftest import IMAGE_SIZE, load_inputs, run_scoring
 from tests.pipelines.helpers import (
     assert_metrics_close,
@@ -29,6 +29,7 @@ from tests.pipelines.helpers import (
     read_json,
     sklearn_metrics,
 )
+from tests.pipelines.test_launcher import TENSORFLOW_BANNER
 
 
 def _distribution_count(result, name: str) -> int:
@@ -233,7 +234,7 @@ def test_the_model_is_loaded_once_and_run_once_per_batch(in_memory_run, scoring_
 
 
 def test_multi_processing_runs_give_the_same_rows_in_shards(
-    tmp_path, scoring_inputs, tiny_export, in_memory_run
+    tmp_path, scoring_inputs, tiny_export, in_memory_run, capfd
 ):
     output_dir = tmp_path / "out"
     result = run_scoring(
@@ -274,6 +275,9 @@ def test_multi_processing_runs_give_the_same_rows_in_shards(
     assert summary["direct_running_mode"] == "multi_processing"
     assert summary["direct_num_workers"] == 2
     assert 1 <= _distribution_count(result, "load_model_latency_milli_secs") <= 2
+    # The worker processes, started with TF_CPP_MIN_LOG_LEVEL=2 as the launcher sets it without
+    # -v, print none of TensorFlow's native start-up lines.
+    assert TENSORFLOW_BANNER.findall(capfd.readouterr().err) == []
 
 
 def test_no_gradcam_on_unlabelled_images_writes_predictions_only(
@@ -334,4 +338,5 @@ def test_main_exits_non_zero_when_too_many_inputs_fail_and_logs_progress(
     counts = [int(re.search(r"finished (\d+) of 4 matched", line)[1]) for line in progress]
     assert counts == [1, 2, 3, 4]
 
-    assert score.main(argv + ["--max_error_fraction", "0.75"]) == 0
+    # The same folder again: its earlier outputs are replaced, as --overwrite asks.
+    assert score.main(argv + ["--max_error_fraction", "0.75", "--overwrite"]) == 0

@@ -1,0 +1,53 @@
+"""The row schemas of the scorer's CSV outputs: one prediction, one error."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from model.labels import predicted_label
+from model.naming import parse_breakhis_name
+
+P_DECIMALS = 6
+
+
+class ScoredImage(NamedTuple):
+    """One row of predictions.csv; the BreakHis fields are empty when the name does not parse."""
+
+    image_path: str
+    p_malignant: float
+    predicted_label: str
+    true_label: str
+    patient_id: str
+    magnification: str
+    subtype: str
+    heatmap_path: str
+
+
+class ScoringError(NamedTuple):
+    """One row of errors.csv: an input that could not be scored, and why."""
+
+    image_path: str
+    error_type: str
+    message: str
+
+
+PREDICTION_COLUMNS: tuple[str, ...] = ScoredImage._fields
+ERROR_COLUMNS: tuple[str, ...] = ScoringError._fields
+
+
+def scored_image(path: str, p_malignant: float, threshold: float, heatmap_path: str) -> ScoredImage:
+    """The prediction row of one image, with ground truth parsed from a BreakHis file name."""
+    # The rounded score is the one written, thresholded and aggregated, so predictions.csv,
+    # predicted_label and metrics.json always agree with one another.
+    p = round(float(p_malignant), P_DECIMALS)
+    info = parse_breakhis_name(path)
+    return ScoredImage(
+        image_path=path,
+        p_malignant=p,
+        predicted_label=predicted_label(p, threshold),
+        true_label=info.label if info else "",
+        patient_id=info.slide_id if info else "",
+        magnification=info.magnification if info else "",
+        subtype=info.subtype if info else "",
+        heatmap_path=heatmap_path,
+    )
