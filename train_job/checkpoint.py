@@ -5,8 +5,7 @@ the replica count), `split.csv` (the split, to notice data that changed under th
 and `state.npz`: which phase, how many of its epochs are done, the history so far, the
 early-stopping state, every model variable (BatchNorm statistics and Dropout seed states
 included, which `save_weights` skips), the optimizer's variables, and the best epoch's
-variables when they are not the current ones. Every file is replaced whole: a temporary file
-renamed over the old one locally, a single object write on gs://.
+variables when they are not the current ones. Every file is replaced whole (`atomic`).
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from model import storage
+from train_job.atomic import replace_file, temporary_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -132,25 +131,10 @@ class Checkpoints:
         ours = (STATE_FILE, RUN_FILE, SPLIT_FILE)
         for entry in os.listdir(self.location):
             # Also the temporary file of a write that a kill interrupted.
-            if entry in ours or any(entry.startswith(f".{name}.") for name in ours):
+            if entry in ours or any(entry.startswith(temporary_prefix(name)) for name in ours):
                 os.remove(self._path(entry))
         if not os.listdir(self.location):
             os.rmdir(self.location)
 
     def _write(self, name: str, write: Callable[[BinaryIO], object]) -> None:
-        """Replace a file whole with what `write` writes into a binary stream."""
-        path = self._path(name)
-        if storage.is_remote(path):
-            buffer = io.BytesIO()
-            write(buffer)
-            storage.write_bytes(path, buffer.getvalue())  # an object appears whole or not at all
-            return
-        os.makedirs(self.location, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.location, prefix=f".{name}.")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                write(stream)
-            os.replace(temporary, path)
-        except BaseException:
-            os.remove(temporary)
-            raise
+        replace_file(self._path(name), write)

@@ -18,9 +18,11 @@ from model.constants import DEFAULT_IMAGE_SIZE, MAGNIFICATIONS
 from model.storage import DEFAULT_MAX_FILE_MB
 
 
-def flag(default: Any = dataclasses.MISSING, help: str = "", *, result: bool = True, **argparse):
+def flag(
+    default: Any = dataclasses.MISSING, help: str = "", *, result: bool = True, **parser_options
+):
     """A TrainConfig field that is also a command-line flag (argparse options ride along)."""
-    metadata = {"help": help, "result": result, "argparse": argparse}
+    metadata = {"help": help, "result": result, "parser_options": parser_options}
     if isinstance(default, tuple | list):
         return dataclasses.field(default_factory=lambda: tuple(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -92,22 +94,35 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add one flag per TrainConfig field to the parser."""
     hints = typing.get_type_hints(TrainConfig)
     for field in _flag_fields():
-        options = dict(field.metadata["argparse"])
+        options = dict(field.metadata["parser_options"])
         kind = hints[field.name]
         default = _default(field)
         names = [f"--{field.name}"]
         if default is dataclasses.MISSING:
             options["required"] = True
         elif kind is bool:
-            # A flag that is on by default is turned off by --no_<name>, and the reverse.
+            # A setting that is on by default is turned off by --no_<name>, and the reverse.
             options["action"] = "store_false" if default else "store_true"
             names = [f"--no_{field.name}"] if default else names
             options["dest"] = field.name
+            if default:
+                text = field.metadata["help"]
+                options["help"] = f"Turn off: {text[0].lower()}{text[1:]} (on by default)"
         elif typing.get_origin(kind) is tuple:
             options.update(nargs="+", default=list(default))
         else:
             options.update(type=_scalar_type(kind), default=default)
-        parser.add_argument(*names, help=field.metadata["help"], **options)
+        options.setdefault("help", field.metadata["help"])
+        parser.add_argument(*names, **options)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where it would mislead (required, --no_ flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.option_strings[0].startswith("--no_"):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _default(field: dataclasses.Field) -> Any:
@@ -126,8 +141,9 @@ def _scalar_type(kind) -> type:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed flags (flags that are not fields are ignored)."""
     values = {field.name: getattr(args, field.name) for field in _flag_fields()}
-    values["magnifications"] = tuple(values["magnifications"])
-    return TrainConfig(**values)
+    return TrainConfig(
+        **{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
+    )
 
 
 def normalized(config: TrainConfig) -> TrainConfig:

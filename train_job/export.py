@@ -21,6 +21,7 @@ from model.model_card import ModelCard
 from model.plots import EVALUATION_PLOTS, TRAINING_CURVES_PLOT
 from model.preprocessing import normalize
 from model.report_assets import REPORT_ASSETS_DIR
+from train_job.atomic import replace_file, temporary_prefix
 from train_job.checkpoint import CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def is_export_file(relative: str) -> bool:
     """Whether a '/'-separated path inside an output folder is one the training job writes."""
     return (
         relative in EXPORT_FILES
+        or relative.startswith(temporary_prefix(MODEL_CARD_FILE))  # a card write a kill cut
         or any(relative.startswith(folder + "/") for folder in EXPORT_FOLDERS)
         or _REPORT_ASSET.match(relative) is not None
     )
@@ -109,14 +111,8 @@ def write_model_files(model: keras.Model, image_size: int, directory: str) -> No
 
 def write_card(card: ModelCard, directory: str) -> None:
     """model_card.json into a local folder, atomically: it appears whole or not at all."""
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{MODEL_CARD_FILE}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(card.to_json())
-        os.replace(temporary, os.path.join(directory, MODEL_CARD_FILE))
-    except BaseException:
-        os.remove(temporary)
-        raise
+    text = card.to_json()
+    replace_file(os.path.join(directory, MODEL_CARD_FILE), lambda s: s.write(text.encode()))
 
 
 def publish(local_dir: str, output_dir: str) -> None:

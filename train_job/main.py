@@ -15,7 +15,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from train_job.config import TrainConfig, add_flags, config_from_args, normalized  # noqa: E402
+from train_job.config import (  # noqa: E402
+    HelpFormatter,
+    TrainConfig,
+    add_flags,
+    config_from_args,
+    normalized,
+)
 from train_job.launch_checks import LaunchError, check_launch  # noqa: E402
 
 EXIT_LAUNCH_ERROR = 2
@@ -27,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     parser = argparse.ArgumentParser(
         description="Train a VGG16 benign/malignant classifier on BreakHis with specimen-disjoint "
         "splits, under MirroredStrategy (all local GPUs, or the CPU), and export it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_flags(parser)
     parser.add_argument(

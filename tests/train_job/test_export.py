@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from model import storage
@@ -10,6 +12,7 @@ from model.model_card import load_exported_model
 from pipelines.launch_checks import LaunchError, check_model_export
 from tests.train_job.test_resume import KillAfterEpochs, Killed
 from tests.train_job.test_train import tiny_config
+from train_job.atomic import replace_file
 from train_job.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from train_job.train import train
 
@@ -69,3 +72,23 @@ def test_a_gs_run_resumes_from_its_bucket_and_uploads_the_card_last(
     assert model.output_shape == (None, 1) and card == check_model_export(output_dir)
     split = storage.read_text(f"{output_dir}/split.csv").splitlines()
     assert split[1].split(",")[0].startswith(f"{data_dir}/")
+
+
+def test_a_replaced_file_keeps_its_old_content_when_the_write_fails(tmp_path):
+    target = tmp_path / "state.bin"
+    replace_file(str(target), lambda stream: stream.write(b"old"))
+    assert (target.stat().st_mode & 0o777) == 0o666 & ~_umask()  # not mkstemp's 0600
+
+    def failing(stream):
+        stream.write(b"half of the new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_file(str(target), failing)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["state.bin"]
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
