@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from model import storage
 from model.preprocessing import load_image, normalize
+from train_job.data import DEFAULT_MAX_BYTES
 
 AUTOTUNE = tf.data.AUTOTUNE
 ROTATION = 0.05  # largest rotation either way, as a fraction of a full turn (18 degrees)
@@ -31,18 +32,21 @@ _EPOCH_STRIDE = 1_000_003  # keeps the shuffle seeds of (seed, epoch) pairs apar
 
 
 def _load_resized(path: bytes, image_size: int, max_bytes: int) -> np.ndarray:
-    data = storage.read_bytes(path.decode("utf-8"), max_bytes=int(max_bytes) or None)
+    data = storage.read_bytes(path.decode("utf-8"), max_bytes=int(max_bytes))
     return load_image(data, int(image_size))
 
 
 def decoded_images(
-    paths: Sequence[str], image_size: int, max_bytes: int | None = None
+    paths: Sequence[str], image_size: int, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tf.data.Dataset:
-    """uint8 image_size x image_size x 3 images, decoded in parallel, in path order."""
+    """uint8 image_size x image_size x 3 images, decoded in parallel, in path order.
+
+    Each read refuses FIFOs, devices and files over max_bytes (`storage.read_bytes`).
+    """
 
     def load(path):
         image = tf.numpy_function(
-            _load_resized, [path, image_size, max_bytes or 0], tf.uint8, stateful=False
+            _load_resized, [path, image_size, max_bytes], tf.uint8, stateful=False
         )
         image.set_shape([image_size, image_size, 3])
         return image
@@ -62,7 +66,7 @@ def evaluation_dataset(
     image_size: int,
     global_batch_size: int,
     cache: bool = True,
-    max_bytes: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tf.data.Dataset:
     """Batches of (normalised image, label) in path order, for validation, test and prediction."""
     dataset = tf.data.Dataset.zip((decoded_images(paths, image_size, max_bytes), _labels(labels)))
@@ -171,7 +175,7 @@ def training_stream(
     augment: bool = True,
     class_weights: dict[int, float] | None = None,
     steps_per_epoch: int | None = None,
-    max_bytes: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> TrainingStream:
     """The training split as a TrainingStream; with class_weights, batches carry sample weights.
 

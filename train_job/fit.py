@@ -83,84 +83,85 @@ def fit_phases(
     if state:
         assign_values(model.variables, state.model_variables, "model")
         logger.info("Resuming at %s after %d of its epochs", state.phase, state.epochs_done)
-    history = state.history if state else {}
+    trainer = _PhaseTrainer(
+        config, strategy, model, stream, validation, checkpoints, log_dir, list(callbacks)
+    )
+    trainer.history = state.history if state else {}
     epochs_run = {phase.name: 0 for phase in phases}
     for index in range(start, len(phases)):
         phase = phases[index]
         resumed = state if state and state.phase == phase.name else None
-        epochs_run[phase.name] = _fit_phase(
-            config,
-            strategy,
-            model,
-            phase,
-            resumed,
-            (stream, validation),
-            (checkpoints, history),
-            [*_logging_callbacks(phase, log_dir), *callbacks],
-        )
+        epochs_run[phase.name] = trainer.run(phase, resumed)
         checkpoints.save(
             TrainingState(
                 phase=names[index + 1],
                 epochs_done=0,
-                history=history,
+                history=trainer.history,
                 early_stopping={},
                 model_variables=variable_values(model.variables),
                 optimizer_variables=[],
             )
         )
-    return FitResult(combined_history(history, phases), epochs_run)
+    return FitResult(combined_history(trainer.history, phases), epochs_run)
 
 
-def _fit_phase(
-    config: TrainConfig,
-    strategy: tf.distribute.Strategy,
-    model: keras.Model,
-    phase: Phase,
-    resumed: TrainingState | None,
-    data: tuple[TrainingStream, tf.data.Dataset],
-    record: tuple[Checkpoints, dict],
-    callbacks: list[keras.callbacks.Callback],
-) -> int:
-    """Train the phase's remaining epochs and restore its best epoch; returns epochs run."""
-    stream, validation = data
-    checkpoints, history = record
-    replicas = strategy.num_replicas_in_sync
-    with strategy.scope():
-        _set_trainable_from(model, phase.first_block)
-        _compile(model, phase.learning_rate * replicas)
-        model.optimizer.build(model.trainable_variables)
-    done = resumed.epochs_done if resumed else 0
-    if resumed and resumed.optimizer_variables:
-        assign_values(model.optimizer.variables, resumed.optimizer_variables, "optimizer")
-    early_stopping = _early_stopping(config.patience, resumed)
-    logger.info(
-        "%s: epochs %d-%d of %d, learning rate %.2g (%.2g x %d replicas), base trainable from %s",
-        phase.name,
-        done + 1,
-        phase.epochs,
-        phase.epochs,
-        phase.learning_rate * replicas,
-        phase.learning_rate,
-        replicas,
-        phase.first_block or "nowhere",
-    )
-    if not early_stopping.stopped and done < phase.epochs:
-        model.fit(
-            stream.epochs(phase.first_epoch + done, phase.first_epoch + phase.epochs),
-            validation_data=validation,
-            initial_epoch=done,
-            epochs=phase.epochs,
-            steps_per_epoch=stream.steps_per_epoch,
-            callbacks=[
-                early_stopping,
-                EpochCheckpoint(checkpoints, phase.name, history, early_stopping),
-                *callbacks,
-            ],
-            shuffle=False,  # the TrainingStream orders each epoch
-            verbose=0,
+@dataclasses.dataclass
+class _PhaseTrainer:
+    """What every phase's fit shares; `history` gathers each phase's epochs."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    stream: TrainingStream
+    validation: tf.data.Dataset
+    checkpoints: Checkpoints
+    log_dir: str
+    callbacks: list[keras.callbacks.Callback]
+    history: dict = dataclasses.field(default_factory=dict)
+
+    def run(self, phase: Phase, resumed: TrainingState | None) -> int:
+        """Train the phase's remaining epochs and restore its best epoch; returns epochs run."""
+        model = self.model
+        replicas = self.strategy.num_replicas_in_sync
+        with self.strategy.scope():
+            _set_trainable_from(model, phase.first_block)
+            _compile(model, phase.learning_rate * replicas)
+            model.optimizer.build(model.trainable_variables)
+        done = resumed.epochs_done if resumed else 0
+        if resumed and resumed.optimizer_variables:
+            assign_values(model.optimizer.variables, resumed.optimizer_variables, "optimizer")
+        early_stopping = _early_stopping(self.config.patience, resumed)
+        logger.info(
+            "%s: epochs %d-%d of %d, learning rate %.2g (%.2g x %d replicas), base trainable "
+            "from %s",
+            phase.name,
+            done + 1,
+            phase.epochs,
+            phase.epochs,
+            phase.learning_rate * replicas,
+            phase.learning_rate,
+            replicas,
+            phase.first_block or "nowhere",
         )
-    early_stopping.restore_best(model)
-    return len(history.get(phase.name, {}).get("loss", [])) - done
+        if not early_stopping.stopped and done < phase.epochs:
+            model.fit(
+                self.stream.epochs(phase.first_epoch + done, phase.first_epoch + phase.epochs),
+                validation_data=self.validation,
+                initial_epoch=done,
+                epochs=phase.epochs,
+                steps_per_epoch=self.stream.steps_per_epoch,
+                callbacks=[
+                    early_stopping,
+                    EpochCheckpoint(self.checkpoints, phase.name, self.history, early_stopping),
+                    EpochProgress(phase.name, phase.epochs),
+                    keras.callbacks.TensorBoard(os.path.join(self.log_dir, phase.name)),
+                    *self.callbacks,
+                ],
+                shuffle=False,  # the TrainingStream orders each epoch
+                verbose=0,
+            )
+        early_stopping.restore_best(model)
+        return len(self.history.get(phase.name, {}).get("loss", [])) - done
 
 
 def _early_stopping(patience: int, resumed: TrainingState | None) -> EarlyStopping:
@@ -171,13 +172,6 @@ def _early_stopping(patience: int, resumed: TrainingState | None) -> EarlyStoppi
     if best is None and resumed.early_stopping.get("best_epoch") is not None:
         best = resumed.model_variables  # the best epoch was the last one saved
     return EarlyStopping(patience, resumed.early_stopping, best)
-
-
-def _logging_callbacks(phase: Phase, log_dir: str) -> list[keras.callbacks.Callback]:
-    return [
-        EpochProgress(phase.name, phase.epochs),
-        keras.callbacks.TensorBoard(os.path.join(log_dir, phase.name)),
-    ]
 
 
 def combined_history(history: dict[str, dict[str, list[float]]], phases: list[Phase]) -> dict:

@@ -14,3 +14,14 @@ def trained(synthetic_data_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("export")
     result = train(tiny_config(synthetic_data_dir, output_dir, **SHARED_RUN))
     return result, output_dir
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fail the test if anything decodes an image (launch checks must come first)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image was decoded before the launch checks finished")
+
+    monkeypatch.setattr("train_job.data.decode_rgb", refuse)
+    monkeypatch.setattr("train_job.dataset.load_image", refuse)

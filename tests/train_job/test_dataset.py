@@ -78,3 +78,20 @@ def test_training_batches_carry_per_image_class_weights(image_paths):
     _, batch_labels, sample_weights = next(iter(stream.epochs(0, 1)))
     expected = [weights[int(label)] for label in batch_labels.numpy().ravel()]
     np.testing.assert_allclose(sample_weights.numpy(), expected)
+
+
+def test_the_reader_refuses_a_fifo_or_an_oversized_file_instead_of_hanging(image_paths, tmp_path):
+    import os
+
+    import tensorflow as tf
+
+    from train_job.dataset import decoded_images
+
+    fifo = tmp_path / "SOB_B_A-22-99999-40-001.png"
+    os.mkfifo(fifo)
+    with pytest.raises(tf.errors.OpError, match="FIFO"):
+        list(decoded_images([str(fifo)], 32))
+    size = os.path.getsize(image_paths[0])
+    with pytest.raises(tf.errors.OpError, match="read cap"):
+        list(decoded_images([image_paths[0]], 32, max_bytes=size - 1))
+    assert len(list(decoded_images([image_paths[0]], 32, max_bytes=size))) == 1

@@ -14,17 +14,6 @@ from train_job.launch_checks import VGG16_BLOCKS, LaunchError, check_flags
 from train_job.train import train
 
 
-@pytest.fixture
-def no_decoding(monkeypatch):
-    """Fail the test if anything decodes an image (launch checks must come first)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("an image was decoded before the launch checks finished")
-
-    monkeypatch.setattr("train_job.data.decode_rgb", refuse)
-    monkeypatch.setattr("train_job.dataset.load_image", refuse)
-
-
 def run_main(argv, capsys) -> tuple[int, str]:
     code = train_main.main(argv)
     return code, capsys.readouterr().err

@@ -13,7 +13,6 @@ import keras
 import pytest
 
 from model.model_card import read_model_card
-from tests.train_job.test_launch_checks import no_decoding  # noqa: F401 (fixture)
 from tests.train_job.test_resume import KillAfterEpochs, Killed
 from tests.train_job.test_train import REPO_ROOT, tiny_config
 from train_job import main as train_main
@@ -67,7 +66,7 @@ def _state_unchanged(config, before) -> bool:
 def test_a_resume_with_other_result_flags_stops_before_any_work(
     killed_run,
     capsys,
-    no_decoding,  # noqa: F811
+    no_decoding,
 ):
     config, state = killed_run
     changed = dataclasses.replace(config, seed=0, epochs=3)
