@@ -137,11 +137,16 @@ class TrainingStream:
         """The batches of epochs first .. end - 1, steps_per_epoch of them each.
 
         Epochs are numbered across phases, so phase 2 does not replay phase 1's augmentations.
+        Each epoch is its own dataset with plain integer seeds (a tensor seed breaks
+        `shuffle` when the global seed is 0), joined as a balanced tree of concatenations.
         """
-        return tf.data.Dataset.range(first, end).flat_map(self._epoch).prefetch(AUTOTUNE)
+        if end <= first:
+            raise ValueError(f"no epochs in [{first}, {end})")
+        return _concatenated([self._epoch(epoch) for epoch in range(first, end)]).prefetch(AUTOTUNE)
 
-    def _epoch(self, epoch: tf.Tensor) -> tf.data.Dataset:
-        order_seed = tf.constant(self.seed, tf.int64) * _EPOCH_STRIDE + epoch
+    def _epoch(self, epoch: int) -> tf.data.Dataset:
+        # The order also depends on TensorFlow's global seed, which train() sets to --seed.
+        order_seed = self.seed * _EPOCH_STRIDE + epoch
         elements = self.examples.shuffle(self.size, seed=order_seed, reshuffle_each_iteration=True)
         elements = elements.map(
             lambda image, label, index: self._prepare(image, label, index, epoch),
@@ -163,6 +168,14 @@ class TrainingStream:
             return image, label
         weights = tf.constant([self.class_weights[0], self.class_weights[1]], tf.float32)
         return image, label, tf.gather(weights, tf.cast(label[0], tf.int32))
+
+
+def _concatenated(datasets: list[tf.data.Dataset]) -> tf.data.Dataset:
+    """The datasets one after another, nested only log2(n) deep."""
+    if len(datasets) == 1:
+        return datasets[0]
+    middle = len(datasets) // 2
+    return _concatenated(datasets[:middle]).concatenate(_concatenated(datasets[middle:]))
 
 
 def training_stream(

@@ -59,6 +59,14 @@ def test_each_epochs_batches_depend_only_on_seed_and_epoch(image_paths):
     assert not np.allclose(other_seed[0], straight[2])
 
 
+def test_a_seed_of_0_works_like_any_other(image_paths):
+    import keras
+
+    keras.utils.set_random_seed(0)  # what train() does for --seed 0
+    stream = _stream(image_paths, seed=0)
+    assert len(_batches(stream.epochs(3, 5))) == 2
+
+
 def test_a_steps_cap_cycles_through_the_split(image_paths):
     stream = training_stream(image_paths, [0, 1] * 3, 32, 4, steps_per_epoch=5)
     batches = _batches(stream.epochs(0, 2))
