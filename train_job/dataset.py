@@ -145,9 +145,11 @@ class TrainingStream:
         return _concatenated([self._epoch(epoch) for epoch in range(first, end)]).prefetch(AUTOTUNE)
 
     def _epoch(self, epoch: int) -> tf.data.Dataset:
-        # The order also depends on TensorFlow's global seed, which train() sets to --seed.
+        # The order also depends on TensorFlow's global seed, which train() sets to --seed. Not
+        # reshuffled per iteration: Keras iterates the dataset once to build the model before
+        # the real pass, and how many epochs that first iterator touched would vary.
         order_seed = self.seed * _EPOCH_STRIDE + epoch
-        elements = self.examples.shuffle(self.size, seed=order_seed, reshuffle_each_iteration=True)
+        elements = self.examples.shuffle(self.size, seed=order_seed, reshuffle_each_iteration=False)
         elements = elements.map(
             lambda image, label, index: self._prepare(image, label, index, epoch),
             num_parallel_calls=AUTOTUNE,

@@ -59,6 +59,13 @@ def test_each_epochs_batches_depend_only_on_seed_and_epoch(image_paths):
     assert not np.allclose(other_seed[0], straight[2])
 
 
+def test_iterating_the_same_epochs_twice_gives_the_same_batches(image_paths):
+    # Keras iterates the dataset once to build the model, then again to train on it.
+    dataset = _stream(image_paths, seed=5).epochs(0, 2)
+    first, second = _batches(dataset), _batches(dataset)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
 def test_a_seed_of_0_works_like_any_other(image_paths):
     import keras
 
