@@ -63,7 +63,7 @@ def prepare_output(
                 f"settings ({'; '.join(differing)}); rerun with its flags to resume it, or "
                 f"{START_OVER}"
             )
-        logger.info("Checkpoints in %s match these flags: resuming", checkpoints.location)
+        logger.info("Checkpoints in %s were made with these flags", checkpoints.location)
     return None
 
 
