@@ -19,8 +19,14 @@ from collections.abc import Iterable, Sequence
 
 from model import storage
 from model.constants import CLASS_NAMES, MAGNIFICATIONS
-from model.naming import ImageInfo, is_image_file, parse_breakhis_name
-from model.preprocessing import decode_image
+from model.naming import (
+    ImageInfo,
+    is_image_file,
+    is_valid_utf8_name,
+    parse_breakhis_name,
+    printable_path,
+)
+from model.preprocessing import decode_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +56,23 @@ class Discovery:
     unreadable: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> reason
 
 
-def find_unreadable(paths: Sequence[str], threads: int = 8) -> dict[str, str]:
+DEFAULT_MAX_BYTES = storage.max_bytes_from_mb(storage.DEFAULT_MAX_FILE_MB)
+UNREADABLE_NAME = "file name is not valid UTF-8 (shown with \\xNN escapes); rename it to use it"
+
+
+def find_unreadable(
+    paths: Sequence[str], max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 8
+) -> dict[str, str]:
     """path -> reason for every file that cannot be read and decoded (decoded in parallel).
 
     Costs one decode per image up front (about 9 ms for a 700x460 PNG, shared across threads),
-    so a corrupt file is listed and left out instead of failing training mid-epoch.
+    so a corrupt file is listed and left out instead of failing training mid-epoch. FIFOs,
+    devices, dangling links and files over max_bytes are refused unopened.
     """
 
     def problem(path: str) -> str | None:
         try:
-            decode_image(storage.read_bytes(path))
+            decode_rgb(storage.read_bytes(path, max_bytes=max_bytes))
         except Exception as error:  # any failure to read or decode excludes the file
             return f"{type(error).__name__}: {error}"
         return None
@@ -69,20 +82,45 @@ def find_unreadable(paths: Sequence[str], threads: int = 8) -> dict[str, str]:
     return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
 
 
+def list_image_files(data_dir: str, exclude_dir: str | None = None) -> list[str]:
+    """Every file with an image extension below data_dir, leaving out exclude_dir's files.
+
+    Training exports into a folder inside the data folder must not become training data.
+    """
+    paths = [path for path in storage.list_files(data_dir) if is_image_file(path)]
+    if exclude_dir:
+        separator = "/" if storage.is_remote(exclude_dir) else os.sep
+        prefix = exclude_dir.rstrip(separator) + separator
+        paths = [path for path in paths if not path.startswith(prefix)]
+    return paths
+
+
 def discover_images(
-    data_dir: str, magnifications: Sequence[str] = MAGNIFICATIONS, check_readable: bool = True
+    data_dir: str,
+    magnifications: Sequence[str] = MAGNIFICATIONS,
+    check_readable: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    exclude_dir: str | None = None,
 ) -> Discovery:
-    """Every image below data_dir (BreakHis layout or flat), parsed and (by default) decoded
-    once; unparsable names and unreadable files are set aside with their reasons."""
+    """Every image below data_dir (BreakHis layout or flat) but exclude_dir's, parsed and (by
+    default) decoded once; unparsable names and unreadable files are set aside with reasons.
+
+    Names that are not valid UTF-8 count as unreadable: no text output could carry them. Such
+    paths, and unparsed ones, are kept as `naming.printable_path` text.
+    """
     unknown = sorted(set(magnifications) - set(MAGNIFICATIONS))
     if unknown:
         raise DataError(f"unknown magnification(s) {unknown}; choose from {list(MAGNIFICATIONS)}")
     if not storage.is_remote(data_dir):
         # Absolute, so split.csv (and manifests made from it) do not depend on the working folder.
         data_dir = os.path.abspath(data_dir)
-    paths = [path for path in storage.list_files(data_dir) if is_image_file(path)]
+    paths = list_image_files(data_dir, exclude_dir)
     images, unparsed, skipped = [], [], 0
+    unreadable = {}
     for path in paths:
+        if not is_valid_utf8_name(path):
+            unreadable[printable_path(path)] = UNREADABLE_NAME
+            continue
         info = parse_breakhis_name(path)
         if info is None:
             unparsed.append(path)
@@ -98,7 +136,13 @@ def discover_images(
             data_dir,
             unparsed[0],
         )
-    unreadable = find_unreadable([image.path for image in images]) if check_readable else {}
+    if not images:
+        raise DataError(
+            f"no BreakHis images for magnifications {list(magnifications)} under {data_dir} "
+            f"({len(paths)} image files found, {len(unparsed)} with unparsable names)"
+        )
+    if check_readable:
+        unreadable.update(find_unreadable([image.path for image in images], max_bytes))
     if unreadable:
         logger.warning(
             "%d image file(s) cannot be read and are not used (first: %s: %s)",
@@ -107,9 +151,9 @@ def discover_images(
         )
         images = [image for image in images if image.path not in unreadable]
     if not images:
+        first, reason = next(iter(unreadable.items()))
         raise DataError(
-            f"no BreakHis images for magnifications {list(magnifications)} under {data_dir} "
-            f"({len(paths)} image files found, {len(unparsed)} with unparsable names)"
+            f"none of the BreakHis images under {data_dir} can be read (first: {first}: {reason})"
         )
     return Discovery(images, unparsed, skipped, unreadable)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 
 import keras
@@ -10,13 +11,42 @@ import numpy as np
 import tensorflow as tf
 
 from model import plots
+from model.constants import CLASS_NAMES
 from model.evaluation import evaluate
 from model.labels import label_index
+from model.metrics import choose_threshold
+
+logger = logging.getLogger(__name__)
+
+MIN_VALIDATION_PATIENTS = 3
 
 
 def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
     """P(malignant) for every element of an unshuffled dataset, in order."""
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+
+
+def decision_threshold(rows: Sequence[dict], p_malignant: np.ndarray) -> tuple[float, str]:
+    """The threshold chosen on the validation split, and its rule (with a caution if needed)."""
+    threshold, rule = choose_threshold([label_index(row["label"]) for row in rows], p_malignant)
+    rule += few_validation_patients(rows)
+    logger.info("Decision threshold %.4f: %s", threshold, rule)
+    return threshold, rule
+
+
+def few_validation_patients(rows: Sequence[dict]) -> str:
+    """A caution for the threshold rule when a class has few validation patients, else ''."""
+    patients = {
+        name: {row["slide_id"] for row in rows if row["label"] == name} for name in CLASS_NAMES
+    }
+    few = {name: len(ids) for name, ids in patients.items() if len(ids) < MIN_VALIDATION_PATIENTS}
+    if not few:
+        return ""
+    counts = " and ".join(f"{count} {name}" for name, count in few.items())
+    logger.warning(
+        "The validation split has only %s patient(s): the threshold is unreliable", counts
+    )
+    return f" Caution: the validation split has only {counts} patient(s), so this is unreliable."
 
 
 def evaluation_records(rows: Sequence[dict], p_malignant: np.ndarray) -> list[dict]:

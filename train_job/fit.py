@@ -1,24 +1,189 @@
-"""Fit the classifier in two phases, each backed up every epoch so a killed job resumes."""
+"""Fit the classifier in two phases, checkpointed every epoch so a killed job resumes exactly.
+
+Phase 1 trains the head on a frozen VGG16 base; phase 2 fine-tunes from a conv block at a lower
+learning rate. A resumed job restores the model, optimizer and early-stopping state of the last
+finished epoch and runs every remaining epoch of both phases, on the same batches.
+"""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
 from model.architecture import conv_block_names
-from train_job.callbacks import EpochProgress, InterruptAfter, SyncDirectory
+from train_job.callbacks import (
+    EarlyStopping,
+    EpochCheckpoint,
+    EpochProgress,
+    assign_values,
+    variable_values,
+)
+from train_job.checkpoint import DONE, Checkpoints, TrainingState
 from train_job.config import TrainConfig
-from train_job.data import DataError
+from train_job.dataset import TrainingStream
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-PHASE1_WEIGHTS = "phase1_complete.weights.h5"
-PHASE1_HISTORY = "phase1_history.json"
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One model.fit: its epochs, the first trainable VGG16 block, its learning rate."""
+
+    name: str
+    epochs: int
+    first_block: str | None  # None: the whole base stays frozen
+    learning_rate: float  # per replica
+    first_epoch: int  # its first epoch's number across phases (seeds the data stream)
+
+
+def plan_phases(config: TrainConfig) -> list[Phase]:
+    """Phase 1, and phase 2 unless --fine_tune_epochs is 0 or --fine_tune_from none."""
+    phases = [Phase("phase1", config.epochs, None, config.learning_rate, 0)]
+    if config.fine_tune_epochs > 0 and config.fine_tune_from.lower() != "none":
+        phases.append(
+            Phase(
+                "phase2",
+                config.fine_tune_epochs,
+                config.fine_tune_from.lower(),
+                config.fine_tune_learning_rate,
+                config.epochs,
+            )
+        )
+    return phases
+
+
+@dataclasses.dataclass
+class FitResult:
+    """The history of every epoch (earlier runs' included) and the epochs run by this process."""
+
+    history: dict
+    epochs_run: dict[str, int]
+
+
+def fit_phases(
+    config: TrainConfig,
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    stream: TrainingStream,
+    validation: tf.data.Dataset,
+    checkpoints: Checkpoints,
+    log_dir: str,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> FitResult:
+    """Run the phases that are not finished, from the last checkpoint if there is one."""
+    phases = plan_phases(config)
+    state = checkpoints.load()
+    names = [phase.name for phase in phases] + [DONE]
+    start = names.index(state.phase) if state else 0
+    if state:
+        assign_values(model.variables, state.model_variables, "model")
+        logger.info("Resuming at %s after %d of its epochs", state.phase, state.epochs_done)
+    trainer = _PhaseTrainer(
+        config, strategy, model, stream, validation, checkpoints, log_dir, list(callbacks)
+    )
+    trainer.history = state.history if state else {}
+    epochs_run = {phase.name: 0 for phase in phases}
+    for index in range(start, len(phases)):
+        phase = phases[index]
+        resumed = state if state and state.phase == phase.name else None
+        epochs_run[phase.name] = trainer.run(phase, resumed)
+        checkpoints.save(
+            TrainingState(
+                phase=names[index + 1],
+                epochs_done=0,
+                history=trainer.history,
+                early_stopping={},
+                model_variables=variable_values(model.variables),
+                optimizer_variables=[],
+            )
+        )
+    return FitResult(combined_history(trainer.history, phases), epochs_run)
+
+
+@dataclasses.dataclass
+class _PhaseTrainer:
+    """What every phase's fit shares; `history` gathers each phase's epochs."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    stream: TrainingStream
+    validation: tf.data.Dataset
+    checkpoints: Checkpoints
+    log_dir: str
+    callbacks: list[keras.callbacks.Callback]
+    history: dict = dataclasses.field(default_factory=dict)
+
+    def run(self, phase: Phase, resumed: TrainingState | None) -> int:
+        """Train the phase's remaining epochs and restore its best epoch; returns epochs run."""
+        model = self.model
+        replicas = self.strategy.num_replicas_in_sync
+        with self.strategy.scope():
+            _set_trainable_from(model, phase.first_block)
+            _compile(model, phase.learning_rate * replicas)
+            model.optimizer.build(model.trainable_variables)
+        done = resumed.epochs_done if resumed else 0
+        if resumed and resumed.optimizer_variables:
+            assign_values(model.optimizer.variables, resumed.optimizer_variables, "optimizer")
+        early_stopping = _early_stopping(self.config.patience, resumed)
+        logger.info(
+            "%s: epochs %d-%d of %d, learning rate %.2g (%.2g x %d replicas), base trainable "
+            "from %s",
+            phase.name,
+            done + 1,
+            phase.epochs,
+            phase.epochs,
+            phase.learning_rate * replicas,
+            phase.learning_rate,
+            replicas,
+            phase.first_block or "nowhere",
+        )
+        if not early_stopping.stopped and done < phase.epochs:
+            model.fit(
+                self.stream.epochs(phase.first_epoch + done, phase.first_epoch + phase.epochs),
+                validation_data=self.validation,
+                initial_epoch=done,
+                epochs=phase.epochs,
+                steps_per_epoch=self.stream.steps_per_epoch,
+                callbacks=[
+                    early_stopping,
+                    EpochCheckpoint(self.checkpoints, phase.name, self.history, early_stopping),
+                    EpochProgress(phase.name, phase.epochs),
+                    keras.callbacks.TensorBoard(os.path.join(self.log_dir, phase.name)),
+                    *self.callbacks,
+                ],
+                shuffle=False,  # the TrainingStream orders each epoch
+                verbose=0,
+            )
+        early_stopping.restore_best(model)
+        return len(self.history.get(phase.name, {}).get("loss", [])) - done
+
+
+def _early_stopping(patience: int, resumed: TrainingState | None) -> EarlyStopping:
+    """A phase's early stopping, continuing a resumed phase's count and best epoch."""
+    if not resumed or not resumed.early_stopping:
+        return EarlyStopping(patience)
+    best = resumed.best_variables
+    if best is None and resumed.early_stopping.get("best_epoch") is not None:
+        best = resumed.model_variables  # the best epoch was the last one saved
+    return EarlyStopping(patience, resumed.early_stopping, best)
+
+
+def combined_history(history: dict[str, dict[str, list[float]]], phases: list[Phase]) -> dict:
+    """One list per metric across phases, and where phase 2 starts (for the curves plot)."""
+    combined: dict = {}
+    for phase in phases:
+        phase_history = history.get(phase.name, {})
+        if phase.name != phases[0].name:
+            combined["phase_boundary"] = len(combined.get("loss", []))
+        for key, values in phase_history.items():
+            combined.setdefault(key, []).extend(values)
+    return combined
 
 
 def _compile(model: keras.Model, learning_rate: float) -> None:
@@ -32,121 +197,8 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
 def _set_trainable_from(model: keras.Model, first_block: str | None) -> None:
     """Freeze the VGG16 base up to first_block (all of it when None); the head always trains."""
     blocks = conv_block_names(model)
-    if first_block is not None and first_block not in blocks:
-        raise DataError(f"--fine_tune_from must be one of {blocks} or 'none'")
     start = len(blocks) if first_block is None else blocks.index(first_block)
     for layer in model.layers:
         prefix = layer.name.split("_")[0]
         if prefix in blocks:
             layer.trainable = blocks.index(prefix) >= start
-
-
-def fit_two_phases(
-    config: TrainConfig,
-    strategy: tf.distribute.Strategy,
-    model: keras.Model,
-    datasets: dict[str, tf.data.Dataset],
-    checkpoint_dir: str,
-    remote_checkpoint_dir: str | None,
-) -> tuple[dict, dict]:
-    """Phase 1 trains the head on a frozen base; phase 2 fine-tunes from a conv block.
-
-    Each phase backs up to its own folder (BackupAndRestore), so a killed job rerun with the
-    same --output_dir resumes at its last finished epoch; a finished phase 1 is kept as weights.
-    """
-    replicas = strategy.num_replicas_in_sync
-    fine_tune = config.fine_tune_epochs > 0 and config.fine_tune_from.lower() != "none"
-    phases = [("phase1", config.epochs, None, config.learning_rate)]
-    if fine_tune:
-        phases.append(
-            (
-                "phase2",
-                config.fine_tune_epochs,
-                config.fine_tune_from,
-                config.fine_tune_learning_rate,
-            )
-        )
-    history: dict = {}
-    epochs_run: dict = {}
-    done_before = 0
-    phase1_weights = os.path.join(checkpoint_dir, PHASE1_WEIGHTS)
-    for name, epochs, first_block, base_rate in phases:
-        if name == "phase1" and os.path.exists(phase1_weights):
-            logger.info("Phase 1 already finished in an earlier run; loading its weights")
-            model.load_weights(phase1_weights)
-            with open(os.path.join(checkpoint_dir, PHASE1_HISTORY), encoding="utf-8") as handle:
-                history = json.load(handle)
-            done_before += config.epochs
-            epochs_run[name] = 0
-            continue
-        with strategy.scope():
-            _set_trainable_from(model, first_block)
-            _compile(model, base_rate * replicas)
-        logger.info(
-            "%s: %d epochs, learning rate %.2g (%.2g x %d replicas), base trainable from %s",
-            name,
-            epochs,
-            base_rate * replicas,
-            base_rate,
-            replicas,
-            first_block or "nowhere",
-        )
-        phase_history = _fit_phase(
-            config,
-            model,
-            datasets,
-            name,
-            epochs,
-            checkpoint_dir,
-            remote_checkpoint_dir,
-            done_before,
-        )
-        epochs_run[name] = len(phase_history.get("loss", []))
-        if name == "phase1":
-            history = phase_history
-            if fine_tune:  # where the training-curves plot marks the start of fine-tuning
-                history["phase_boundary"] = len(phase_history.get("loss", []))
-            model.save_weights(phase1_weights)
-            with open(os.path.join(checkpoint_dir, PHASE1_HISTORY), "w", encoding="utf-8") as f:
-                json.dump(history, f)
-        else:
-            for key, values in phase_history.items():
-                history.setdefault(key, []).extend(values)
-        done_before += epochs
-    return history, epochs_run
-
-
-def _fit_phase(
-    config: TrainConfig,
-    model: keras.Model,
-    datasets: dict[str, tf.data.Dataset],
-    name: str,
-    epochs: int,
-    checkpoint_dir: str,
-    remote_checkpoint_dir: str | None,
-    done_before: int,
-) -> dict[str, list[float]]:
-    """One model.fit with backup, early stopping, TensorBoard and progress callbacks."""
-    backup = os.path.join(checkpoint_dir, name)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(backup),
-        keras.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=config.patience, restore_best_weights=True
-        ),
-        keras.callbacks.TensorBoard(os.path.join(os.path.dirname(checkpoint_dir), "logs", name)),
-        EpochProgress(name, epochs),
-    ]
-    if remote_checkpoint_dir:
-        callbacks.append(SyncDirectory(checkpoint_dir, remote_checkpoint_dir))
-    if config.stop_after_epochs is not None:
-        callbacks.append(InterruptAfter(done_before, config.stop_after_epochs))
-    result = model.fit(
-        datasets["train"],
-        validation_data=datasets["validation"],
-        epochs=epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a dataset
-        verbose=0,
-    )
-    return {key: [float(v) for v in values] for key, values in result.history.items()}

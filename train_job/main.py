@@ -1,152 +1,106 @@
-"""Train the BreakHis VGG16 classifier and export it: `python train_job/main.py --help`."""
+"""Train the BreakHis VGG16 classifier and export it: `python train_job/main.py --help`.
+
+Exit codes: 0 when the export is written (or was already complete with these flags), 2 when a
+flag, a location, the data or an earlier run in --output_dir stops the job before training
+(one `error:` line on stderr), 1 for anything unexpected.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.constants import MAGNIFICATIONS  # noqa: E402
-from train_job.config import TrainConfig  # noqa: E402
+from train_job.config import (  # noqa: E402
+    HelpFormatter,
+    TrainConfig,
+    add_flags,
+    config_from_args,
+    normalized,
+)
+from train_job.launch_checks import LaunchError, check_launch  # noqa: E402
 
-DEFAULTS = TrainConfig(data_dir="", output_dir="")
+EXIT_LAUNCH_ERROR = 2
+logger = logging.getLogger("train_job")
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Flags -> TrainConfig; every flag's help shows its default."""
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Flags -> (TrainConfig, the parsed flags); every flag's help shows its default."""
     parser = argparse.ArgumentParser(
         description="Train a VGG16 benign/malignant classifier on BreakHis with specimen-disjoint "
         "splits, under MirroredStrategy (all local GPUs, or the CPU), and export it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    add = parser.add_argument
-    add(
-        "--data_dir",
-        required=True,
-        help="BreakHis root or flat folder of BreakHis-named images (local or gs://)",
+    add_flags(parser)
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="Delete --output_dir's checkpoints and training export files (nothing else), then "
+        "train from scratch",
     )
-    add(
-        "--output_dir",
-        required=True,
-        help="Export folder (local or gs://); rerun with the same "
-        "folder to resume an interrupted job",
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="Debug logging and TensorFlow's own messages"
     )
-    add(
-        "--magnifications",
-        nargs="+",
-        default=list(DEFAULTS.magnifications),
-        choices=MAGNIFICATIONS,
-        help="Magnifications to use",
-    )
-    add("--image_size", type=int, default=DEFAULTS.image_size, help="Model input side in pixels")
-    add(
-        "--batch_size",
-        type=int,
-        default=DEFAULTS.batch_size,
-        help="Batch size per replica (global batch = this x replicas)",
-    )
-    add("--epochs", type=int, default=DEFAULTS.epochs, help="Phase 1 epochs (head, base frozen)")
-    add(
-        "--fine_tune_epochs",
-        type=int,
-        default=DEFAULTS.fine_tune_epochs,
-        help="Phase 2 epochs (fine-tuning); 0 skips phase 2",
-    )
-    add(
-        "--fine_tune_from",
-        default=DEFAULTS.fine_tune_from,
-        help="First VGG16 block unfrozen in phase 2 (block1..block5), or 'none'",
-    )
-    add(
-        "--learning_rate",
-        type=float,
-        default=DEFAULTS.learning_rate,
-        help="Phase 1 learning rate per replica (scaled by the replica count)",
-    )
-    add(
-        "--fine_tune_learning_rate",
-        type=float,
-        default=DEFAULTS.fine_tune_learning_rate,
-        help="Phase 2 learning rate per replica (scaled by the replica count)",
-    )
-    add("--dense_units", type=int, default=DEFAULTS.dense_units, help="Units of the head's Dense")
-    add("--dropout", type=float, default=DEFAULTS.dropout, help="Dropout rate of the head")
-    add(
-        "--weights",
-        default=DEFAULTS.weights,
-        help="VGG16 base weights: 'imagenet' (Keras download/cache), 'none', or a no-top weights "
-        "file (local or gs://)",
-    )
-    add(
-        "--val_fraction",
-        type=float,
-        default=DEFAULTS.val_fraction,
-        help="Share of each class's images (by whole specimens) for validation",
-    )
-    add(
-        "--test_fraction",
-        type=float,
-        default=DEFAULTS.test_fraction,
-        help="Share of each class's images (by whole specimens) for test; ignored with --folds",
-    )
-    add(
-        "--folds",
-        type=int,
-        default=DEFAULTS.folds,
-        help="K for K-fold cross-validation by specimen; 0 = a single split",
-    )
-    add("--fold", type=int, default=DEFAULTS.fold, help="Which fold is the test set (0..K-1)")
-    add("--seed", type=int, default=DEFAULTS.seed, help="Seed of the split, init and shuffling")
-    add(
-        "--patience",
-        type=int,
-        default=DEFAULTS.patience,
-        help="Early-stopping patience in epochs (on validation AUC; best weights restored)",
-    )
-    add("--mixed_precision", action="store_true", help="Train in mixed float16 (GPUs)")
-    add(
-        "--no_cache",
-        dest="cache",
-        action="store_false",
-        help="Do not cache decoded images in memory",
-    )
-    add("--no_augment", dest="augment", action="store_false", help="Disable augmentation")
-    add(
-        "--steps_per_epoch",
-        type=int,
-        default=None,
-        help="Cap on training steps per epoch (smoke runs); default: the whole training split",
-    )
-    add("-v", "--verbose", action="store_true", help="Debug logging")
-    args = vars(parser.parse_args(argv))
-    args.pop("verbose")
-    args["magnifications"] = tuple(args["magnifications"])
-    return TrainConfig(**args)
+    args = parser.parse_args(argv)
+    return config_from_args(args), args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    verbose = argv is not None and ("-v" in argv or "--verbose" in argv)
+    config, args = parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from model.architecture import WeightsUnavailableError
-    from train_job.data import DataError
-    from train_job.train import train
-
     try:
-        result = train(config)
-    except (DataError, WeightsUnavailableError) as error:
-        logging.getLogger("train_job").error("%s", error)
-        return 2
-    logging.getLogger("train_job").info("Export written to %s", result.output_dir)
+        check_launch(normalized(config))  # before TensorFlow's seconds-long import
+    except LaunchError as error:
+        return _launch_error(error)
+    with _quiet_tensorflow_start(args.verbose):
+        from model.architecture import WeightsUnavailableError
+        from train_job.data import DataError
+        from train_job.train import train
+    try:
+        result = train(config, restart=args.restart)
+    except (LaunchError, DataError, WeightsUnavailableError) as error:
+        return _launch_error(error)
+    if not result.already_complete:
+        logger.info("Export written to %s", result.output_dir)
     return 0
+
+
+def _launch_error(error: Exception) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_LAUNCH_ERROR
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_start(verbose: bool):
+    """Import TensorFlow without its C++ start-up banner, unless verbose.
+
+    TF_CPP_MIN_LOG_LEVEL must be set before the import, and silences C++ messages after it;
+    the oneDNN and CUDA lines printed while the libraries load come before logging is set up
+    and obey no setting, so stderr itself is muted for the import.
+    """
+    if verbose:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 if __name__ == "__main__":

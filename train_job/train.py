@@ -1,55 +1,41 @@
-"""train(config): split by specimen, fit in two phases under a tf.distribute strategy, export."""
+"""train(config): split by specimen, fit in two phases under a tf.distribute strategy, export.
+
+The steps, in order: check the flags; settle what the output folder already holds (restart,
+complete export, checkpoints); discover and split the data; fit (resuming from checkpoints);
+choose the threshold on validation and evaluate on test; write the export, card last.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import datetime
 import json
 import logging
-import os
-import platform
 import shutil
 import tempfile
-import uuid
+from collections.abc import Iterator, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from model import storage
 from model.architecture import build_classifier
-from model.constants import CLASS_NAMES
-from model.labels import label_index, label_name
-from model.metrics import choose_threshold
+from model.labels import label_index
 from model.model_card import ModelCard
-from model.plots import TRAINING_CURVES_PLOT, training_curves_png
+from model.storage import max_bytes_from_mb
 from train_job import data
-from train_job.config import TrainConfig
-from train_job.dataset import class_weights_for, make_dataset
+from train_job.checkpoint import Checkpoints
+from train_job.config import TrainConfig, normalized, result_settings
+from train_job.dataset import class_weights_for, evaluation_dataset, training_stream
 from train_job.distribute import choose_strategy, is_chief
-from train_job.evaluation import evaluation_report, plot_files, predict, report_json
-from train_job.export import write_export
-from train_job.fit import CHECKPOINT_DIR, fit_two_phases
-from train_job.report import write_training_report
+from train_job.evaluation import decision_threshold, evaluation_report, predict
+from train_job.export import HISTORY_FILE, LOG_DIR, publish
+from train_job.fit import fit_phases
+from train_job.launch_checks import check_flags
+from train_job.outputs import TrainingOutcome, write_outputs
+from train_job.rerun import check_same_split, prepare_output
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class _Outcome:
-    """What the export files are written from."""
-
-    rows: list[dict]
-    by_split: dict[str, list[dict]]
-    discovery: data.Discovery
-    report: dict
-    history: dict
-    threshold: float
-    threshold_rule: str
-    replicas: int
-    global_batch: int
-    class_weights: dict[int, float]
-    test_p: np.ndarray
 
 
 @dataclasses.dataclass
@@ -62,90 +48,158 @@ class TrainResult:
     history: dict
     replicas: int
     epochs_run: dict
+    already_complete: bool = False  # the folder held a complete export made with these flags
 
 
-def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
-    """Run the whole training job and write its export to config.output_dir."""
+def train(
+    config: TrainConfig,
+    strategy: tf.distribute.Strategy | None = None,
+    *,
+    restart: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Run the whole training job and write its export to config.output_dir.
+
+    Rerun with the same flags and folder, it resumes an interrupted run or, when the export is
+    complete, returns at once; restart=True deletes an earlier run's checkpoints and export
+    files first. Extra Keras callbacks join every phase's fit.
+    """
+    config = normalized(config)
+    check_flags(config)
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        return _train(config, strategy)
+        return _train(config, strategy, restart, callbacks)
     finally:  # the policy is process-global; leave it as we found it
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(config: TrainConfig, strategy: tf.distribute.Strategy | None) -> TrainResult:
+def _train(config, strategy, restart, callbacks) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or choose_strategy()
     replicas = strategy.num_replicas_in_sync
-    remote = storage.is_remote(config.output_dir)
-    work_dir = tempfile.mkdtemp(prefix="breakhis-train-") if remote else config.output_dir
-    os.makedirs(work_dir, exist_ok=True)
-    checkpoint_dir = os.path.join(work_dir, CHECKPOINT_DIR)
-    if remote:
-        _restore_remote_checkpoints(config.output_dir, checkpoint_dir)
-
-    rows, discovery = _split(config)
-    _write_text(work_dir, "split.csv", data.split_csv_text(rows))
-    by_split = {name: [row for row in rows if row["split"] == name] for name in data.SPLITS}
-    train_labels = _labels(by_split["train"])
-    class_weights = class_weights_for(train_labels)
-    logger.info(
-        "Class weights from the training split (benign %d, malignant %d images): "
-        "benign %.3f, malignant %.3f",
-        train_labels.count(0),
-        train_labels.count(1),
-        class_weights[0],
-        class_weights[1],
+    checkpoints = Checkpoints(config.output_dir, writer=is_chief(strategy))
+    card = prepare_output(config, replicas, restart, checkpoints)
+    if card is not None:
+        logger.info(
+            "%s already holds a complete export made with these flags: nothing to do",
+            config.output_dir,
+        )
+        checkpoints.delete()  # left behind if a run stopped between its card and this cleanup
+        return _complete_result(config.output_dir, card)
+    split = _split(config)
+    split_text = data.split_csv_text(split.rows)
+    check_same_split(checkpoints, split_text)
+    if checkpoints.recorded_run() is None:
+        checkpoints.record_run(result_settings(config), replicas, split_text)
+    with _work_dir(config.output_dir) as work_dir:
+        model, outcome = _fit_and_evaluate(
+            config, strategy, split, checkpoints, work_dir, callbacks
+        )
+        if checkpoints.writer:
+            write_outputs(config, work_dir, model, outcome)
+            if work_dir != config.output_dir:
+                publish(work_dir, config.output_dir)
+            checkpoints.delete()
+            logger.info("Export complete in %s", config.output_dir)
+    return TrainResult(
+        config.output_dir,
+        outcome.threshold,
+        outcome.report,
+        outcome.history,
+        replicas,
+        outcome.epochs_run,
     )
 
+
+def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks):
+    """Build and fit the model, choose the threshold on validation, evaluate on test."""
+    replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     logger.info("Global batch %d (%d per replica x %d)", global_batch, config.batch_size, replicas)
-    datasets = _datasets(config, by_split, global_batch, class_weights)
-
+    class_weights = class_weights_for(_labels(split.by_split["train"]))
     with strategy.scope():
         model = build_classifier(
             config.image_size, config.weights, config.dense_units, config.dropout
         )
-    remote_checkpoints = storage.join(config.output_dir, CHECKPOINT_DIR) if remote else None
-    history, epochs_run = fit_two_phases(
-        config, strategy, model, datasets, checkpoint_dir, remote_checkpoints
+    stream, evaluation = _inputs(config, split.by_split, global_batch, class_weights)
+    fitted = fit_phases(
+        config,
+        strategy,
+        model,
+        stream,
+        evaluation["validation"],
+        checkpoints,
+        storage.join(work_dir, LOG_DIR),
+        callbacks,
+    )
+    threshold, rule = decision_threshold(
+        split.by_split["validation"], predict(model, evaluation["validation"])
+    )
+    test_p = predict(model, evaluation["test"])
+    report = evaluation_report(split.by_split["test"], test_p, threshold)
+    _log_headline(report)
+    outcome = TrainingOutcome(
+        rows=split.rows,
+        by_split=split.by_split,
+        discovery=split.discovery,
+        report=report,
+        history=fitted.history,
+        epochs_run=fitted.epochs_run,
+        threshold=threshold,
+        threshold_rule=rule,
+        replicas=replicas,
+        global_batch=global_batch,
+        class_weights=class_weights,
+        test_p=test_p,
+    )
+    return model, outcome
+
+
+@contextlib.contextmanager
+def _work_dir(output_dir: str) -> Iterator[str]:
+    """The local folder the export is written in: output_dir, or a temporary one for gs://."""
+    if not storage.is_remote(output_dir):
+        yield output_dir
+        return
+    local = tempfile.mkdtemp(prefix="breakhis-train-")
+    try:
+        yield local
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _complete_result(output_dir: str, card: ModelCard) -> TrainResult:
+    history_path = storage.join(output_dir, HISTORY_FILE)
+    history = json.loads(storage.read_text(history_path)) if storage.exists(history_path) else {}
+    return TrainResult(
+        output_dir=output_dir,
+        threshold=card.threshold,
+        test_metrics=card.test_metrics,
+        history=history,
+        replicas=card.training_config.get("replicas", 0),
+        epochs_run={},
+        already_complete=True,
     )
 
-    validation_p = predict(model, datasets["validation"])
-    threshold, threshold_rule = choose_threshold(_labels(by_split["validation"]), validation_p)
-    threshold_rule += _few_validation_patients(by_split["validation"])
-    logger.info("Decision threshold %.4f: %s", threshold, threshold_rule)
-    test_p = predict(model, datasets["test"])
-    report = evaluation_report(by_split["test"], test_p, threshold)
-    _log_headline(report)
 
-    if is_chief(strategy):
-        outcome = _Outcome(
-            rows,
-            by_split,
-            discovery,
-            report,
-            history,
-            threshold,
-            threshold_rule,
-            replicas,
-            global_batch,
-            class_weights,
-            test_p,
-        )
-        _write_outputs(config, work_dir, model, outcome)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        if remote:
-            storage.upload_dir(work_dir, config.output_dir)
-            storage.delete(storage.list_files(storage.join(config.output_dir, CHECKPOINT_DIR)))
-            shutil.rmtree(work_dir, ignore_errors=True)
-    return TrainResult(config.output_dir, threshold, report, history, replicas, epochs_run)
+@dataclasses.dataclass
+class _Split:
+    """The images found and how they are split."""
+
+    rows: list[dict]
+    by_split: dict[str, list[dict]]
+    discovery: data.Discovery
 
 
-def _split(config: TrainConfig) -> tuple[list[dict], data.Discovery]:
-    discovery = data.discover_images(config.data_dir, config.magnifications)
+def _split(config: TrainConfig) -> _Split:
+    discovery = data.discover_images(
+        config.data_dir,
+        config.magnifications,
+        max_bytes=max_bytes_from_mb(config.max_file_mb),
+        exclude_dir=config.output_dir,
+    )
     if config.folds:
         assignment = data.fold_by_specimen(
             discovery.images, config.folds, config.fold, config.val_fraction, config.seed
@@ -164,62 +218,51 @@ def _split(config: TrainConfig) -> tuple[list[dict], data.Discovery]:
                 for name, counts in classes.items()
             ),
         )
-    return rows, discovery
-
-
-MIN_VALIDATION_PATIENTS = 3
-
-
-def _few_validation_patients(rows: list[dict]) -> str:
-    """A caution for the threshold rule when a class has few validation patients, else ''."""
-    patients = {
-        name: {row["slide_id"] for row in rows if row["label"] == name} for name in CLASS_NAMES
-    }
-    few = {name: len(ids) for name, ids in patients.items() if len(ids) < MIN_VALIDATION_PATIENTS}
-    if not few:
-        return ""
-    counts = " and ".join(f"{count} {name}" for name, count in few.items())
-    logger.warning(
-        "The validation split has only %s patient(s): the threshold is unreliable", counts
-    )
-    return f" Caution: the validation split has only {counts} patient(s), so this is unreliable."
+    by_split = {name: [row for row in rows if row["split"] == name] for name in data.SPLITS}
+    return _Split(rows, by_split, discovery)
 
 
 def _labels(rows: list[dict]) -> list[int]:
     return [label_index(row["label"]) for row in rows]
 
 
-def _datasets(config, by_split, global_batch, class_weights) -> dict[str, tf.data.Dataset]:
-    def build(split: str, training: bool) -> tf.data.Dataset:
-        rows = by_split[split]
-        return make_dataset(
-            [row["image_path"] for row in rows],
-            _labels(rows),
+def _inputs(config, by_split, global_batch, class_weights):
+    """The training stream, and the validation and test datasets in split order."""
+    max_bytes = max_bytes_from_mb(config.max_file_mb)
+    train_rows = by_split["train"]
+    labels = _labels(train_rows)
+    logger.info(
+        "Class weights from the training split (benign %d, malignant %d images): "
+        "benign %.3f, malignant %.3f",
+        labels.count(0),
+        labels.count(1),
+        class_weights[0],
+        class_weights[1],
+    )
+    stream = training_stream(
+        [row["image_path"] for row in train_rows],
+        labels,
+        config.image_size,
+        global_batch,
+        seed=config.seed,
+        cache=config.cache,
+        augment=config.augment,
+        class_weights=class_weights,
+        steps_per_epoch=config.steps_per_epoch,
+        max_bytes=max_bytes,
+    )
+    evaluation = {
+        split: evaluation_dataset(
+            [row["image_path"] for row in by_split[split]],
+            _labels(by_split[split]),
             config.image_size,
             global_batch,
-            training=training,
-            seed=config.seed,
             cache=config.cache,
-            augment=config.augment,
-            class_weights=class_weights if training else None,
+            max_bytes=max_bytes,
         )
-
-    train_data = build("train", training=True)
-    if config.steps_per_epoch:
-        train_data = train_data.repeat()
-    validation = build("validation", training=False)
-    return {
-        "train": train_data,
-        "validation": validation,
-        "test": build("test", training=False),
+        for split in ("validation", "test")
     }
-
-
-def _restore_remote_checkpoints(output_dir: str, checkpoint_dir: str) -> None:
-    remote_checkpoints = storage.join(output_dir, CHECKPOINT_DIR)
-    copied = storage.download_dir(remote_checkpoints, checkpoint_dir)
-    if copied:
-        logger.info("Resuming from %d checkpoint files in %s", len(copied), remote_checkpoints)
+    return stream, evaluation
 
 
 def _log_headline(report: dict) -> None:
@@ -239,101 +282,4 @@ def _log_headline(report: dict) -> None:
         fmt(pooled["roc_auc"]),
         fmt(pooled.get("patient_recognition_rate")),
         fmt(patients["accuracy"]),
-    )
-
-
-def _write_text(directory: str, name: str, text: str) -> None:
-    path = os.path.join(directory, name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
-def _versions() -> dict[str, str]:
-    import apache_beam
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "apache_beam": apache_beam.__version__,
-    }
-
-
-def _write_outputs(config: TrainConfig, work_dir: str, model: keras.Model, outcome: _Outcome):
-    """metrics.json, plots, the model card and the model files into work_dir."""
-    _write_text(work_dir, "metrics.json", report_json(outcome.report))
-    for name, png in plot_files(outcome.by_split["test"], outcome.test_p, outcome.report).items():
-        os.makedirs(os.path.join(work_dir, "plots"), exist_ok=True)
-        with open(os.path.join(work_dir, name), "wb") as handle:
-            handle.write(png)
-    with open(os.path.join(work_dir, *TRAINING_CURVES_PLOT.split("/")), "wb") as handle:
-        handle.write(training_curves_png(outcome.history))
-    _write_text(work_dir, "history.json", json.dumps(outcome.history, indent=2) + "\n")
-    card = ModelCard(
-        model_id=uuid.uuid4().hex,
-        image_size=config.image_size,
-        threshold=float(outcome.threshold),
-        threshold_rule=outcome.threshold_rule,
-        training_config={
-            **dataclasses.asdict(config),
-            "replicas": outcome.replicas,
-            "global_batch_size": outcome.global_batch,
-            "effective_learning_rate": config.learning_rate * outcome.replicas,
-            "effective_fine_tune_learning_rate": config.fine_tune_learning_rate * outcome.replicas,
-            "class_weights": {label_name(k): v for k, v in outcome.class_weights.items()},
-        },
-        data_summary={
-            "data_dir": config.data_dir,
-            "magnifications": list(config.magnifications),
-            "images_used": len(outcome.rows),
-            "unparsed_files": len(outcome.discovery.unparsed),
-            "unparsed_examples": outcome.discovery.unparsed[:10],
-            "unreadable_files": outcome.discovery.unreadable,
-            "split_unit": "specimen (slide id without section letters)",
-            "splits": data.summarize_split(outcome.rows),
-        },
-        test_metrics=outcome.report,
-        versions=_versions(),
-        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-    write_export(model, card, work_dir)
-    splits = card.data_summary["splits"]
-    summary = {
-        "model_id": card.model_id,
-        "data_dir": config.data_dir,
-        "images_used": len(outcome.rows),
-        "unparsed_files": len(outcome.discovery.unparsed),
-        "unreadable_files": len(outcome.discovery.unreadable),
-        **{
-            f"{split}_images": sum(c["images"] for c in classes.values())
-            for split, classes in splits.items()
-        },
-        **{
-            f"{split}_patients": sum(c["patients"] for c in classes.values())
-            for split, classes in splits.items()
-        },
-        "weights": config.weights,
-        "replicas": outcome.replicas,
-        "threshold": round(float(outcome.threshold), 4),
-    }
-    notes = [
-        "Figures are for the held-out test split; train, validation and test share no "
-        "specimen (slide id without section letters), so no patient is on two sides.",
-        f"Decision threshold {outcome.threshold:.4f}: {outcome.threshold_rule}",
-    ]
-    if config.weights.lower() == "none":
-        notes.append("Trained without ImageNet weights (random initialisation).")
-    write_training_report(
-        work_dir,
-        model,
-        config.image_size,
-        outcome.threshold,
-        outcome.by_split["test"],
-        outcome.test_p,
-        outcome.report,
-        outcome.discovery,
-        summary,
-        notes,
     )

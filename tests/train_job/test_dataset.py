@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from model.preprocessing import preprocess_image
-from train_job.dataset import class_weights_for, make_dataset
+from train_job.dataset import (
+    class_weights_for,
+    evaluation_dataset,
+    training_stream,
+)
 
 
 @pytest.fixture(scope="module")
@@ -14,13 +18,16 @@ def image_paths(synthetic_data_dir) -> list[str]:
     return sorted(str(path) for path in synthetic_data_dir.rglob("*.png"))[:6]
 
 
-def _first_batch(paths, training, **kwargs):
-    dataset = make_dataset(paths, [0, 1] * (len(paths) // 2), 32, len(paths), training, **kwargs)
-    return next(iter(dataset))
+def _stream(paths, **kwargs):
+    return training_stream(paths, [0, 1] * (len(paths) // 2), 32, len(paths), **kwargs)
+
+
+def _batches(dataset) -> list[np.ndarray]:
+    return [batch[0].numpy() for batch in dataset]
 
 
 def test_training_path_equals_scoring_preprocessing_bit_for_bit(image_paths):
-    images, labels = _first_batch(image_paths, training=False)
+    images, labels = next(iter(evaluation_dataset(image_paths, [0, 1] * 3, 32, 6)))
     for path, tensor in zip(image_paths, images.numpy(), strict=True):
         with open(path, "rb") as handle:
             expected = preprocess_image(handle.read(), 32)
@@ -30,15 +37,47 @@ def test_training_path_equals_scoring_preprocessing_bit_for_bit(image_paths):
 
 
 def test_augmentation_changes_training_images_only(image_paths):
-    plain = _first_batch(image_paths, training=True, augment=False)[0].numpy()
-    augmented = _first_batch(image_paths, training=True, augment=True)[0].numpy()
-    # Shuffling reorders, so compare as sets of images via their sorted means.
-    assert not np.allclose(
-        np.sort(plain.mean(axis=(1, 2, 3))), np.sort(augmented.mean(axis=(1, 2, 3)))
-    )
-    evaluation = _first_batch(image_paths, training=False, augment=True)[0].numpy()
+    plain = _batches(_stream(image_paths, augment=False).epochs(0, 1))[0]
+    augmented = _batches(_stream(image_paths, augment=True).epochs(0, 1))[0]
+    # The same seed gives the same order, so the images compare one to one.
     expected = np.stack([preprocess_image(open(p, "rb").read(), 32) for p in image_paths])
+    assert sorted(plain.sum(axis=(1, 2, 3))) == pytest.approx(sorted(expected.sum(axis=(1, 2, 3))))
+    assert all(not np.allclose(a, p) for a, p in zip(augmented, plain, strict=True))
+    evaluation = next(iter(evaluation_dataset(image_paths, [0, 1] * 3, 32, 6)))[0].numpy()
     assert np.array_equal(evaluation, expected)
+
+
+def test_each_epochs_batches_depend_only_on_seed_and_epoch(image_paths):
+    # What makes a resumed job bit-exact: epoch 2 started fresh equals epoch 2 of a long run.
+    stream = _stream(image_paths, seed=5)
+    straight = _batches(stream.epochs(0, 3))
+    assert len(straight) == 3 * stream.steps_per_epoch == 3
+    resumed = _batches(_stream(image_paths, seed=5, cache=False).epochs(2, 3))
+    np.testing.assert_array_equal(resumed[0], straight[2])
+    assert not np.allclose(straight[1], straight[2])  # new order and augmentation every epoch
+    other_seed = _batches(_stream(image_paths, seed=6).epochs(2, 3))
+    assert not np.allclose(other_seed[0], straight[2])
+
+
+def test_iterating_the_same_epochs_twice_gives_the_same_batches(image_paths):
+    # Keras iterates the dataset once to build the model, then again to train on it.
+    dataset = _stream(image_paths, seed=5).epochs(0, 2)
+    first, second = _batches(dataset), _batches(dataset)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_a_seed_of_0_works_like_any_other(image_paths):
+    import keras
+
+    keras.utils.set_random_seed(0)  # what train() does for --seed 0
+    stream = _stream(image_paths, seed=0)
+    assert len(_batches(stream.epochs(3, 5))) == 2
+
+
+def test_a_steps_cap_cycles_through_the_split(image_paths):
+    stream = training_stream(image_paths, [0, 1] * 3, 32, 4, steps_per_epoch=5)
+    batches = _batches(stream.epochs(0, 2))
+    assert [len(batch) for batch in batches] == [4, 2, 4, 2, 4] * 2
 
 
 def test_class_weights_balance_the_classes():
@@ -50,7 +89,24 @@ def test_class_weights_balance_the_classes():
 def test_training_batches_carry_per_image_class_weights(image_paths):
     labels = [0, 1, 1, 1, 1, 1]
     weights = class_weights_for(labels)
-    dataset = make_dataset(image_paths, labels, 32, 6, True, class_weights=weights)
-    _, batch_labels, sample_weights = next(iter(dataset))
+    stream = training_stream(image_paths, labels, 32, 6, class_weights=weights)
+    _, batch_labels, sample_weights = next(iter(stream.epochs(0, 1)))
     expected = [weights[int(label)] for label in batch_labels.numpy().ravel()]
     np.testing.assert_allclose(sample_weights.numpy(), expected)
+
+
+def test_the_reader_refuses_a_fifo_or_an_oversized_file_instead_of_hanging(image_paths, tmp_path):
+    import os
+
+    import tensorflow as tf
+
+    from train_job.dataset import decoded_images
+
+    fifo = tmp_path / "SOB_B_A-22-99999-40-001.png"
+    os.mkfifo(fifo)
+    with pytest.raises(tf.errors.OpError, match="FIFO"):
+        list(decoded_images([str(fifo)], 32))
+    size = os.path.getsize(image_paths[0])
+    with pytest.raises(tf.errors.OpError, match="read cap"):
+        list(decoded_images([image_paths[0]], 32, max_bytes=size - 1))
+    assert len(list(decoded_images([image_paths[0]], 32, max_bytes=size))) == 1

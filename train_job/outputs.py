@@ -1,0 +1,168 @@
+"""Write a finished training's export into a local folder: the model card last of all."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import platform
+import uuid
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model.labels import label_name
+from model.model_card import ModelCard
+from model.naming import printable_path
+from model.plots import TRAINING_CURVES_PLOT, training_curves_png
+from model.storage import max_bytes_from_mb
+from train_job import data
+from train_job.config import TrainConfig
+from train_job.evaluation import plot_files, report_json
+from train_job.export import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    SPLIT_FILE,
+    write_card,
+    write_model_files,
+)
+from train_job.report import write_training_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainingOutcome:
+    """What the export files are written from."""
+
+    rows: list[dict]
+    by_split: dict[str, list[dict]]
+    discovery: data.Discovery
+    report: dict
+    history: dict
+    epochs_run: dict[str, int]
+    threshold: float
+    threshold_rule: str
+    replicas: int
+    global_batch: int
+    class_weights: dict[int, float]
+    test_p: np.ndarray
+
+
+def write_outputs(
+    config: TrainConfig, work_dir: str, model: keras.Model, outcome: TrainingOutcome
+) -> ModelCard:
+    """Model files, split, metrics, plots, history and report, then (only if all succeeded) the
+    card, into a local folder; returns the card."""
+    write_model_files(model, config.image_size, work_dir)
+    _write_file(work_dir, SPLIT_FILE, data.split_csv_text(outcome.rows).encode("utf-8"))
+    _write_file(work_dir, METRICS_FILE, report_json(outcome.report).encode("utf-8"))
+    plots = plot_files(outcome.by_split["test"], outcome.test_p, outcome.report)
+    plots[TRAINING_CURVES_PLOT] = training_curves_png(outcome.history)
+    for name, png in plots.items():
+        _write_file(work_dir, name, png)
+    history_text = json.dumps(outcome.history, indent=2) + "\n"
+    _write_file(work_dir, HISTORY_FILE, history_text.encode("utf-8"))
+    card = model_card(config, outcome)
+    write_training_report(
+        work_dir,
+        model,
+        config.image_size,
+        outcome.threshold,
+        outcome.by_split["test"],
+        outcome.test_p,
+        outcome.report,
+        outcome.discovery,
+        _report_summary(config, card, outcome),
+        _report_notes(config, outcome),
+        max_bytes=max_bytes_from_mb(config.max_file_mb),
+    )
+    write_card(card, work_dir)
+    logger.info("Wrote the export's files and, last, its card into %s", work_dir)
+    return card
+
+
+def _write_file(directory: str, name: str, content: bytes) -> None:
+    path = os.path.join(directory, *name.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(content)
+
+
+def model_card(config: TrainConfig, outcome: TrainingOutcome) -> ModelCard:
+    """The card: what a scorer needs, how the model was made (every flag) and how it did."""
+    return ModelCard(
+        model_id=uuid.uuid4().hex,
+        image_size=config.image_size,
+        threshold=float(outcome.threshold),
+        threshold_rule=outcome.threshold_rule,
+        training_config={
+            **dataclasses.asdict(config),
+            "replicas": outcome.replicas,
+            "global_batch_size": outcome.global_batch,
+            "effective_learning_rate": config.learning_rate * outcome.replicas,
+            "effective_fine_tune_learning_rate": config.fine_tune_learning_rate * outcome.replicas,
+            "class_weights": {label_name(k): v for k, v in outcome.class_weights.items()},
+        },
+        data_summary={
+            "data_dir": printable_path(config.data_dir),
+            "magnifications": list(config.magnifications),
+            "images_used": len(outcome.rows),
+            "unparsed_files": len(outcome.discovery.unparsed),
+            "unparsed_examples": outcome.discovery.unparsed[:10],
+            "unreadable_files": outcome.discovery.unreadable,
+            "split_unit": "specimen (slide id without section letters)",
+            "splits": data.summarize_split(outcome.rows),
+        },
+        test_metrics=outcome.report,
+        versions=_versions(),
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _versions() -> dict[str, str]:
+    import apache_beam
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "apache_beam": apache_beam.__version__,
+    }
+
+
+def _report_summary(config: TrainConfig, card: ModelCard, outcome: TrainingOutcome) -> dict:
+    splits = card.data_summary["splits"]
+    return {
+        "model_id": card.model_id,
+        "data_dir": card.data_summary["data_dir"],
+        "images_used": len(outcome.rows),
+        "unparsed_files": len(outcome.discovery.unparsed),
+        "unreadable_files": len(outcome.discovery.unreadable),
+        **{
+            f"{split}_images": sum(c["images"] for c in classes.values())
+            for split, classes in splits.items()
+        },
+        **{
+            f"{split}_patients": sum(c["patients"] for c in classes.values())
+            for split, classes in splits.items()
+        },
+        "weights": printable_path(config.weights),
+        "replicas": outcome.replicas,
+        "threshold": round(float(outcome.threshold), 4),
+    }
+
+
+def _report_notes(config: TrainConfig, outcome: TrainingOutcome) -> list[str]:
+    notes = [
+        "Figures are for the held-out test split; train, validation and test share no "
+        "specimen (slide id without section letters), so no patient is on two sides.",
+        f"Decision threshold {outcome.threshold:.4f}: {outcome.threshold_rule}",
+    ]
+    if config.weights == "none":
+        notes.append("Trained without ImageNet weights (random initialisation).")
+    return notes
