@@ -16,8 +16,8 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from model import storage
 from model.naming import basename
+from model.tensorflow_runtime import load_tensorflow
 from pipelines.rows import ScoredImage, scored_image
-from pipelines.tensorflow_runtime import load_tensorflow
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 from model import storage
 from model.preprocessing import OVERLAY_MAX_SIDE, prepare_image
+from model.tensorflow_runtime import load_tensorflow
 from pipelines.heatmaps import prediction_row
-from pipelines.tensorflow_runtime import load_tensorflow
 
 logger = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from model.naming import basename
 from model.plots import EVALUATION_PLOTS
 from model.preprocessing import bounded_copy, decode_rgb
 from model.report_assets import REPORT_ASSETS_DIR, downsize
+from model.tensorflow_runtime import load_tensorflow
 from pipelines.aggregates import MetricsInputs
 from pipelines.heatmaps import HEATMAP_DIR, heatmap_name
 from pipelines.rows import ScoredImage, ScoringError
-from pipelines.tensorflow_runtime import load_tensorflow
 
 logger = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from model import storage
+from model.tensorflow_runtime import set_verbosity
 from pipelines.csv_output import CSV_SUFFIX, ERRORS_NAME
 from pipelines.launch_checks import (
     LaunchError,
@@ -46,7 +47,6 @@ from pipelines.pipeline import ScoringConfig, build_pipeline
 from pipelines.progress import DEFAULT_INTERVAL_SECONDS, quiet_worker_logs
 from pipelines.report_writer import SUMMARY_FILE, read_summary
 from pipelines.run_outputs import remove_outputs
-from pipelines.tensorflow_runtime import set_verbosity
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ flag, a location, the data or an earlier run in --output_dir stops the job befor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from model.tensorflow_runtime import load_tensorflow, set_verbosity  # noqa: E402
 from train_job.config import (  # noqa: E402
     HelpFormatter,
     TrainConfig,
@@ -60,10 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         check_launch(normalized(config))  # before TensorFlow's seconds-long import
     except LaunchError as error:
         return _launch_error(error)
-    with _quiet_tensorflow_start(args.verbose):
-        from model.architecture import WeightsUnavailableError
-        from train_job.data import DataError
-        from train_job.train import train
+    set_verbosity(args.verbose)
+    for name in ("tensorflow", "absl"):  # their Python loggers repeat the native lines
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    load_tensorflow()
+    from model.architecture import WeightsUnavailableError
+    from train_job.data import DataError
+    from train_job.train import train
+
     try:
         result = train(config, restart=args.restart)
     except (LaunchError, DataError, WeightsUnavailableError) as error:
@@ -76,31 +80,6 @@ def main(argv: list[str] | None = None) -> int:
 def _launch_error(error: Exception) -> int:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_LAUNCH_ERROR
-
-
-@contextlib.contextmanager
-def _quiet_tensorflow_start(verbose: bool):
-    """Import TensorFlow without its C++ start-up banner, unless verbose.
-
-    TF_CPP_MIN_LOG_LEVEL must be set before the import, and silences C++ messages after it;
-    the oneDNN and CUDA lines printed while the libraries load come before logging is set up
-    and obey no setting, so stderr itself is muted for the import.
-    """
-    if verbose:
-        yield
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for name in ("tensorflow", "absl"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 if __name__ == "__main__":

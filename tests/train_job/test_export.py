@@ -9,7 +9,8 @@ import pytest
 from model import storage
 from model.constants import MODEL_CARD_FILE
 from model.model_card import load_exported_model
-from pipelines.launch_checks import LaunchError, check_model_export
+from pipelines.launch_checks import LaunchError
+from pipelines.model_checks import check_model_export
 from tests.train_job.test_resume import KillAfterEpochs, Killed
 from tests.train_job.test_train import tiny_config
 from train_job.atomic import replace_file

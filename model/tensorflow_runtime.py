@@ -1,14 +1,15 @@
 """TensorFlow's native start-up lines (oneDNN, CUDA, CPU features) kept off the terminal.
 
 TensorFlow 2.21 writes its start-up lines through Abseil before Abseil's logging is set up, so
-`TF_CPP_MIN_LOG_LEVEL` alone hides only some of them (the CPU-feature lines). The scorer
-therefore loads TensorFlow in one place, `load_tensorflow`, which, unless the run is verbose,
+`TF_CPP_MIN_LOG_LEVEL` alone hides only some of them (the CPU-feature lines). Both jobs
+therefore load TensorFlow in one place, `load_tensorflow`, which, unless the run is verbose,
 points the process's native stderr at /dev/null while TensorFlow is imported and finds its
-devices, the two moments those lines are written. Every pipelines module keeps TensorFlow out
-of its imports and calls this first, so a worker process is quiet whichever step it runs first.
+devices, the two moments those lines are written. The scorer's modules keep TensorFlow out of
+their imports and call this first, so a worker process is quiet whichever step it runs first;
+the training entry point calls it before importing the training library.
 
-The launcher records the choice in TF_CPP_MIN_LOG_LEVEL (0 verbose, 2 quiet) before any worker
-starts; worker processes inherit it.
+Each entry point records the choice in TF_CPP_MIN_LOG_LEVEL (0 verbose, 2 quiet) with
+`set_verbosity` before TensorFlow loads; Beam worker processes inherit it.
 """
 
 from __future__ import annotations
