@@ -14,6 +14,7 @@ import posixpath
 import re
 import shutil
 import stat
+import uuid
 
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
@@ -34,6 +35,33 @@ class NotARegularFileError(OSError):
 
 class FileTooLargeError(OSError):
     """The file is larger than the read cap."""
+
+
+class UnwritableFolderError(OSError):
+    """An output folder that cannot be created or written; the message says why."""
+
+
+WRITE_CHECK_PREFIX = ".write-check-"  # the probe file of check_writable_folder
+
+
+def check_writable_folder(folder: str) -> None:
+    """Create a local folder if needed and prove a file can be written and deleted there.
+
+    Raises UnwritableFolderError with a reason that reads after the folder's name.
+    """
+    if not is_remote(folder):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise UnwritableFolderError("is a file, not a folder")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise UnwritableFolderError(f"cannot be created: {error}") from error
+    probe = join(folder, f"{WRITE_CHECK_PREFIX}{uuid.uuid4().hex}")
+    try:
+        write_bytes(probe, b"")
+        delete([probe])
+    except Exception as error:  # permission, missing bucket, read-only filesystem, ...
+        raise UnwritableFolderError(f"is not writable: {error}") from error
 
 
 def is_remote(path: str) -> bool:

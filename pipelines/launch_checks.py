@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Sequence
 
 from model import storage
@@ -18,7 +16,7 @@ from pipelines.inputs import (
     normalize_pattern,
     read_manifest_header,
 )
-from pipelines.run_outputs import WRITE_CHECK_PREFIX, earlier_outputs
+from pipelines.run_outputs import earlier_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -123,19 +121,10 @@ def check_output_dir(output_dir: str, overwrite: bool) -> list[str]:
     Without --overwrite, a folder holding an earlier run's files is refused: a run's outputs
     must all come from that run. With it, the files are returned for removal before the run.
     """
-    if not storage.is_remote(output_dir):
-        if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-            raise LaunchError(f"--output_dir {output_dir} is a file, not a folder")
-        try:
-            os.makedirs(output_dir, exist_ok=True)
-        except OSError as error:
-            raise LaunchError(f"--output_dir {output_dir} cannot be created: {error}") from error
-    probe = storage.join(output_dir, f"{WRITE_CHECK_PREFIX}{uuid.uuid4().hex}")
     try:
-        storage.write_bytes(probe, b"")
-        storage.delete([probe])
-    except Exception as error:  # permission, missing bucket, read-only filesystem, ...
-        raise LaunchError(f"--output_dir {output_dir} is not writable: {error}") from error
+        storage.check_writable_folder(output_dir)
+    except storage.UnwritableFolderError as error:
+        raise LaunchError(f"--output_dir {output_dir} {error}") from error
     earlier = earlier_outputs(output_dir)
     if earlier and not overwrite:
         names = ", ".join(printable_path(basename(path)) for path in earlier[:3])

@@ -23,7 +23,6 @@ from pipelines.report_writer import METRICS_FILE, PATIENTS_FILE, SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
-WRITE_CHECK_PREFIX = ".write-check-"
 _BEAM_TEMP = re.compile(
     rf"beam-temp-(?:{PREDICTIONS_NAME}|{ERRORS_NAME})-[0-9a-f]{{32}}"
 )  # Beam's text sink stages shards in beam-temp-<file prefix>-<uuid1 hex>/ beside the files
@@ -36,7 +35,7 @@ _TOP_LEVEL_FILES = {
     ERRORS_NAME + CSV_SUFFIX,
 }
 _SHARD = re.compile(rf"{PREDICTIONS_NAME}-\d{{5,}}-of-\d{{5,}}{re.escape(CSV_SUFFIX)}")
-_WRITE_CHECK = re.compile(re.escape(WRITE_CHECK_PREFIX) + r"[0-9a-f]{32}")
+_WRITE_CHECK = re.compile(re.escape(storage.WRITE_CHECK_PREFIX) + r"[0-9a-f]{32}")
 _PLOTS = set(EVALUATION_PLOTS.values())
 _NAMED_FOLDERS = (HEATMAP_DIR, REPORT_ASSETS_DIR)
 _OWN_FOLDERS = {*_NAMED_FOLDERS, *(plot.split("/")[0] for plot in _PLOTS)}

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 from model import storage
 from model.constants import MAGNIFICATIONS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
@@ -155,16 +154,7 @@ def _check_output_dir(config: TrainConfig) -> None:
         raise LaunchError(
             f"--output_dir must not be --data_dir itself ({output_dir}); use another folder"
         )
-    if not storage.is_remote(output_dir):
-        if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-            raise LaunchError(f"--output_dir {output_dir} is a file, not a folder")
-        try:
-            os.makedirs(output_dir, exist_ok=True)
-        except OSError as error:
-            raise LaunchError(f"--output_dir {output_dir} cannot be created: {error}") from error
-    probe = storage.join(output_dir, f".write-check-{uuid.uuid4().hex}")
     try:
-        storage.write_bytes(probe, b"")
-        storage.delete([probe])
-    except Exception as error:  # permission, missing bucket, read-only filesystem, ...
-        raise LaunchError(f"--output_dir {output_dir} is not writable: {error}") from error
+        storage.check_writable_folder(output_dir)
+    except storage.UnwritableFolderError as error:
+        raise LaunchError(f"--output_dir {output_dir} {error}") from error
