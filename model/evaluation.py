@@ -197,7 +197,7 @@ PATIENT_COLUMNS: tuple[str, ...] = (
 
 def patient_table(rows: Sequence[Mapping[str, Any]], threshold: float) -> list[list[Any]]:
     """One row (values in PATIENT_COLUMNS order) per patient, pooled over magnifications,
-    sorted by patient id: patients.csv and the report's patient table, in both jobs."""
+    sorted by patient id: the per-patient table of both jobs (their files and reports)."""
     table = []
     for row in sorted(rows, key=lambda r: r["patient_id"]):
         if row["magnification"] is not None:

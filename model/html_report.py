@@ -113,7 +113,7 @@ class GalleryItem:
 
     image_path: str  # the source image's path or name, for the caption
     original_href: str  # e.g. "gallery/originals/SOB_B_A-14-22549AB-40-001.png"
-    overlay_href: str  # e.g. "heatmaps/SOB_B_A-14-22549AB-40-001.png"
+    overlay_href: str  # e.g. "overlays/SOB_B_A-14-22549AB-40-001.png"
     p_malignant: float
     predicted_label: str
     true_label: str | None
