@@ -110,3 +110,11 @@ def test_the_reader_refuses_a_fifo_or_an_oversized_file_instead_of_hanging(image
     with pytest.raises(tf.errors.OpError, match="read cap"):
         list(decoded_images([image_paths[0]], 32, max_bytes=size - 1))
     assert len(list(decoded_images([image_paths[0]], 32, max_bytes=size))) == 1
+
+
+def test_training_and_evaluation_datasets_run_without_the_autotuning_thread(image_paths):
+    # Its thread can make deleting an iterator (the end of every fit) wait for seconds.
+    labels = [index % 2 for index in range(len(image_paths))]
+    assert _stream(image_paths).epochs(0, 2).options().autotune.enabled is False
+    evaluation = evaluation_dataset(image_paths, labels, 32, 4)
+    assert evaluation.options().autotune.enabled is False
