@@ -178,7 +178,7 @@ def _without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
     On TensorFlow 2.21 an iterator's autotuning thread can sleep through the iterator's
     cancellation, and deleting the iterator (Keras does at the end of every fit) then waits for
-    it: stalls of up to 30 s were seen at phase ends, more than the tuning saves on short runs.
+    it: stalls of up to 50 s were seen at phase ends. See also `distribute.fit_input`.
     """
     options = tf.data.Options()
     options.autotune.enabled = False

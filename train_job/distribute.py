@@ -47,3 +47,22 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return task_type in (None, "chief") or (
         task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
     )
+
+
+def fit_input(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+    """The dataset as Keras' fit should take it under the strategy.
+
+    With one replica (the CPU, or one GPU) the dataset is handed over as a per-replica input
+    that is read in place. The default distribution goes through a multi-device prefetching
+    iterator whose own per-device datasets run tf.data's autotuning thread; on TensorFlow 2.21
+    that thread can sleep through the iterator's cancellation, and deleting the iterator at the
+    end of every fit then stalled for up to 50 s. Several replicas keep the default
+    distribution, which splits each global batch between them.
+    """
+    if strategy.num_replicas_in_sync != 1:
+        return dataset
+    options = tf.distribute.InputOptions(
+        experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA,
+        experimental_fetch_to_device=False,
+    )
+    return strategy.distribute_datasets_from_function(lambda _: dataset, options=options)

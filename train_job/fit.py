@@ -26,6 +26,7 @@ from train_job.callbacks import (
 from train_job.checkpoint import DONE, Checkpoints, TrainingState
 from train_job.config import TrainConfig
 from train_job.dataset import TrainingStream
+from train_job.distribute import fit_input
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,11 @@ class _PhaseTrainer:
         )
         if not early_stopping.stopped and done < phase.epochs:
             model.fit(
-                self.stream.epochs(phase.first_epoch + done, phase.first_epoch + phase.epochs),
-                validation_data=self.validation,
+                fit_input(
+                    self.strategy,
+                    self.stream.epochs(phase.first_epoch + done, phase.first_epoch + phase.epochs),
+                ),
+                validation_data=fit_input(self.strategy, self.validation),
                 initial_epoch=done,
                 epochs=phase.epochs,
                 steps_per_epoch=self.stream.steps_per_epoch,
