@@ -15,6 +15,7 @@ import re
 import shutil
 import stat
 import uuid
+from collections.abc import Callable
 
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
@@ -27,6 +28,7 @@ is about 0.5 MB, an uncompressed 8-bit RGB tile of 8000 x 8000 pixels 192 MB), a
 that a file that is not a tile fails fast instead of filling memory."""
 
 MEBIBYTE = 2**20
+DEFAULT_MAX_BYTES = DEFAULT_MAX_FILE_MB * MEBIBYTE
 
 
 class NotARegularFileError(OSError):
@@ -238,7 +240,29 @@ def upload_dir(local_dir: str, remote_dir: str) -> list[str]:
 
 
 def delete(paths: list[str]) -> None:
-    """Delete files (missing ones are ignored)."""
-    existing = [path for path in paths if exists(path)]
-    if existing:
-        FileSystems.delete(existing)
+    """Delete files, in order (missing ones are ignored).
+
+    Local files go through os.remove, which removes a link rather than what it points to and
+    never removes a folder.
+    """
+    remote = [path for path in paths if is_remote(path) and exists(path)]
+    if remote:
+        FileSystems.delete(remote)
+    for path in paths:
+        if not is_remote(path):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+
+def remove_empty_folders(root: str, is_own: Callable[[str], bool]) -> None:
+    """Remove, deepest first, the empty folders below a local root that is_own accepts.
+
+    is_own takes a folder's "/"-separated path relative to root; a folder holding anything
+    (someone else's file) stays.
+    """
+    for folder, _, _ in sorted(os.walk(root), key=lambda item: -len(item[0])):
+        relative = os.path.relpath(folder, root).replace(os.sep, "/")
+        if relative != "." and is_own(relative) and not os.listdir(folder):
+            os.rmdir(folder)

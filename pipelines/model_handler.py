@@ -154,7 +154,7 @@ def keyed_scoring_handler(
     heatmap_dir: str,
     gradcam: bool = True,
     batch_size: int = 32,
-    max_bytes: int = storage.max_bytes_from_mb(storage.DEFAULT_MAX_FILE_MB),
+    max_bytes: int = storage.DEFAULT_MAX_BYTES,
     last_conv_layer: str | None = None,
     logit_layer: str | None = None,
 ) -> ModelHandler:

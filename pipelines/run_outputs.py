@@ -92,39 +92,14 @@ def remove_outputs(output_dir: str, paths: list[str]) -> None:
     """
     first = {storage.join(output_dir, name) for name in _FIRST}
     for path in [path for path in paths if path in first]:
-        _delete([path])  # one by one, in order, before anything else
-    _delete([path for path in paths if path not in first])
+        storage.delete([path])  # one by one, in order, before anything else
+    storage.delete([path for path in paths if path not in first])
     if not storage.is_remote(output_dir):
-        _remove_empty_folders(output_dir)
+        storage.remove_empty_folders(output_dir, _is_own_folder)
     logger.info("--overwrite: removed %d files of an earlier run from %s", len(paths), output_dir)
 
 
-def _delete(paths: list[str]) -> None:
-    """Delete files; local ones with os.remove, which never follows a link or removes a folder."""
-    if not paths:
-        return
-    if storage.is_remote(paths[0]):
-        storage.delete(paths)
-        return
-    for path in paths:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
-
-
-def _remove_empty_folders(output_dir: str) -> None:
-    """Remove the scorer's own folders when nothing (no user file) is left in them."""
-    with os.scandir(output_dir) as entries:
-        folders = [
-            entry.path
-            for entry in entries
-            if entry.is_dir(follow_symlinks=False)
-            and (entry.name in _OWN_FOLDERS or _BEAM_TEMP.fullmatch(entry.name))
-        ]
-    for folder in folders:
-        for current, _, _ in sorted(os.walk(folder), key=lambda item: -len(item[0])):
-            try:
-                os.rmdir(current)
-            except OSError:  # not empty: a user's file stays, and so does its folder
-                pass
+def _is_own_folder(relative: str) -> bool:
+    """Whether a folder (relative, "/"-separated) is one the scorer creates."""
+    top = relative.split("/")[0]
+    return top in _OWN_FOLDERS or bool(_BEAM_TEMP.fullmatch(top))

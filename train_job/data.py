@@ -56,12 +56,11 @@ class Discovery:
     unreadable: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> reason
 
 
-DEFAULT_MAX_BYTES = storage.max_bytes_from_mb(storage.DEFAULT_MAX_FILE_MB)
 UNREADABLE_NAME = "file name is not valid UTF-8 (shown with \\xNN escapes); rename it to use it"
 
 
 def find_unreadable(
-    paths: Sequence[str], max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 8
+    paths: Sequence[str], max_bytes: int = storage.DEFAULT_MAX_BYTES, threads: int = 8
 ) -> dict[str, str]:
     """path -> reason for every file that cannot be read and decoded (decoded in parallel).
 
@@ -99,7 +98,7 @@ def discover_images(
     data_dir: str,
     magnifications: Sequence[str] = MAGNIFICATIONS,
     check_readable: bool = True,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int = storage.DEFAULT_MAX_BYTES,
     exclude_dir: str | None = None,
 ) -> Discovery:
     """Every image below data_dir (BreakHis layout or flat) but exclude_dir's, parsed and (by

@@ -22,7 +22,6 @@ import tensorflow as tf
 
 from model import storage
 from model.preprocessing import load_image, normalize
-from train_job.data import DEFAULT_MAX_BYTES
 
 AUTOTUNE = tf.data.AUTOTUNE
 ROTATION = 0.05  # largest rotation either way, as a fraction of a full turn (18 degrees)
@@ -37,7 +36,7 @@ def _load_resized(path: bytes, image_size: int, max_bytes: int) -> np.ndarray:
 
 
 def decoded_images(
-    paths: Sequence[str], image_size: int, max_bytes: int = DEFAULT_MAX_BYTES
+    paths: Sequence[str], image_size: int, max_bytes: int = storage.DEFAULT_MAX_BYTES
 ) -> tf.data.Dataset:
     """uint8 image_size x image_size x 3 images, decoded in parallel, in path order.
 
@@ -66,7 +65,7 @@ def evaluation_dataset(
     image_size: int,
     global_batch_size: int,
     cache: bool = True,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int = storage.DEFAULT_MAX_BYTES,
 ) -> tf.data.Dataset:
     """Batches of (normalised image, label) in path order, for validation, test and prediction."""
     dataset = tf.data.Dataset.zip((decoded_images(paths, image_size, max_bytes), _labels(labels)))
@@ -203,7 +202,7 @@ def training_stream(
     augment: bool = True,
     class_weights: dict[int, float] | None = None,
     steps_per_epoch: int | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int = storage.DEFAULT_MAX_BYTES,
 ) -> TrainingStream:
     """The training split as a TrainingStream; with class_weights, batches carry sample weights.
 

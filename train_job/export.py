@@ -87,19 +87,15 @@ def delete_export(output_dir: str) -> int:
     for path in paths:  # one by one, in order: the card goes before anything else
         storage.delete([path])
     if not storage.is_remote(output_dir):
-        _remove_empty_folders(output_dir)
+        storage.remove_empty_folders(output_dir, _is_export_folder)
     return len(paths)
 
 
-def _remove_empty_folders(output_dir: str) -> None:
-    """Remove folders the export used once they are empty (others' files keep them)."""
-    for folder, _, _ in sorted(os.walk(output_dir), key=lambda item: -len(item[0])):
-        relative = os.path.relpath(folder, output_dir).replace(os.sep, "/")
-        ours = relative in ("plots", REPORT_ASSETS_DIR, LOG_DIR) or any(
-            relative == owned or relative.startswith(owned + "/") for owned in EXPORT_FOLDERS
-        )
-        if ours and not os.listdir(folder):
-            os.rmdir(folder)
+def _is_export_folder(relative: str) -> bool:
+    """Whether a folder (relative, '/'-separated) is one the export creates."""
+    return relative in ("plots", REPORT_ASSETS_DIR, LOG_DIR) or any(
+        relative == owned or relative.startswith(owned + "/") for owned in EXPORT_FOLDERS
+    )
 
 
 def write_model_files(model: keras.Model, image_size: int, directory: str) -> None:

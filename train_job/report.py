@@ -17,7 +17,7 @@ from model.labels import predicted_label
 from model.plots import EVALUATION_PLOTS, TRAINING_CURVES_PLOT
 from model.preprocessing import prepare_image
 from model.report_assets import REPORT_ASSETS_DIR, gallery_pair
-from train_job.data import DEFAULT_MAX_BYTES, Discovery
+from train_job.data import Discovery
 from train_job.evaluation import evaluation_records
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def write_training_report(
     discovery: Discovery,
     summary: dict,
     notes: Sequence[str] = (),
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int = storage.DEFAULT_MAX_BYTES,
 ) -> str:
     """Compute Grad-CAM for the gallery's test images and write report.html into work_dir."""
     rows = prediction_rows(split_rows, p_malignant, threshold)
