@@ -24,6 +24,8 @@ setup(
         "pillow",
         "matplotlib",
         "scikit-learn",
+        "scipy",  # temperature scaling's one-dimensional optimisation
+        "jinja2",  # the HTML reports' templates (autoescaped)
         "google-cloud-storage",
     ],
     extras_require={

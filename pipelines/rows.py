@@ -21,6 +21,13 @@ class ScoredImage(NamedTuple):
     magnification: str
     subtype: str
     heatmap_path: str
+    # Issue 8's columns, filled by the parts that compute them (defaults: not computed).
+    heatmap_peak: float | None = None  # the Grad-CAM map's maximum before scaling
+    p_std: float = 0.0  # spread of P(malignant) over the test-time augmentation views
+    qc_flags: str = ""  # ";"-separated input quality flags, empty when clean
+    tissue_fraction: float | None = None
+    focus_score: float | None = None
+    stain_score: float | None = None
 
 
 class ScoringError(NamedTuple):
