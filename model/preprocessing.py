@@ -6,6 +6,10 @@ result, augments it, then calls `normalize`) or `prepare_image` (scoring: the mo
 bounded copy of the original for the Grad-CAM overlay). A model never sees an image prepared
 differently from the ones it was trained on.
 
+The input quality measures (`model.quality`) are taken of the same decoded image, once per
+decode: by `prepare_measured_image` in the scorer and by `measure_image` in the training job's
+one up-front read of every image, so both jobs measure a file identically.
+
 Images are seen the way viewers show them: an EXIF orientation tag is applied. The memory one
 image takes is bounded: at most `MAX_IMAGE_PIXELS` are decoded, and the copy kept for the
 overlay is at most `OVERLAY_MAX_SIDE` pixels on its longer side.
@@ -15,9 +19,12 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from model.quality import QualityMeasures, measure_quality
 
 # Keras' VGG16 weights expect BGR channels with the ImageNet means subtracted ("caffe" mode).
 VGG16_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
@@ -159,6 +166,34 @@ def prepare_image(
     The model input is `preprocess_image(data)` exactly; the original is shrunk to at most
     overlay_max_side on its longer side, so a huge image does not stay in memory at full size.
     """
-    rgb = decode_rgb(data)
+    return _input_and_original(decode_rgb(data), image_size, overlay_max_side)
+
+
+def _input_and_original(
+    rgb: Image.Image, image_size: int, overlay_max_side: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     original = None if overlay_max_side is None else bounded_copy(rgb, overlay_max_side)
     return model_input(rgb, image_size), original
+
+
+class MeasuredImage(NamedTuple):
+    """`prepare_image`'s two results and the quality measures of the same decoded image."""
+
+    model_input: np.ndarray
+    original: np.ndarray | None
+    quality: QualityMeasures
+
+
+def prepare_measured_image(
+    data: bytes, image_size: int, overlay_max_side: int | None = OVERLAY_MAX_SIDE
+) -> MeasuredImage:
+    """Decode once: `prepare_image`'s model input and original, and the quality measures."""
+    rgb = decode_rgb(data)
+    return MeasuredImage(
+        *_input_and_original(rgb, image_size, overlay_max_side), measure_quality(rgb)
+    )
+
+
+def measure_image(data: bytes) -> QualityMeasures:
+    """Decode and measure: the quality measures of image file bytes (raises ImageDecodeError)."""
+    return measure_quality(decode_rgb(data))
