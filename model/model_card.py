@@ -2,7 +2,9 @@
 
 A training export is a folder holding `model.keras`, `saved_model/` and `model_card.json`. The
 card carries everything a scorer needs besides the weights: class names, image size,
-preprocessing, decision threshold and the layer names Grad-CAM uses.
+preprocessing, decision threshold, the layer names Grad-CAM uses and the training images' sizes
+(the input quality control's `unexpected_size` check; cards made before it have none, and a
+scorer then skips that check).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class ModelCard:
     preprocessing: dict[str, Any] = dataclasses.field(
         default_factory=lambda: default_preprocessing()
     )
+    # model.quality.SizeRange.to_card() of the training split; {} in older cards: no size check
+    training_image_sizes: dict[str, Any] = dataclasses.field(default_factory=dict)
     training_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     data_summary: dict[str, Any] = dataclasses.field(default_factory=dict)
     test_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)

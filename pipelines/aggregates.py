@@ -2,8 +2,9 @@
 
 Image-level metrics come from `model.metrics.StreamingSummary` (fixed-size score histograms per
 class plus exact counts at the threshold), one per magnification and one pooled; patient-level
-metrics from per-patient tallies combined by key; job counts from counting combiners. No
-worker ever holds the list of predictions.
+metrics from per-patient tallies combined by key; job counts (classes, input quality flags)
+from counting combiners. No worker ever holds the list of predictions. The metrics of the
+QC-clean images are the same combiners applied to the records that raised no quality flag.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import apache_beam as beam
 from model.constants import CLASS_NAMES
 from model.labels import label_index, majority_index
 from model.metrics import StreamingSummary
-from pipelines.rows import ScoredImage
+from model.quality import QC_FLAGS
+from pipelines.rows import ScoredImage, is_qc_clean, qc_flags_of
 
 POOLED = "pooled"
 # Patient tallies are keyed (patient_id, magnification); this marks a patient's pooled tally.
@@ -130,18 +132,31 @@ def patient_row(keyed: tuple[tuple[str, str], PatientTally]) -> dict[str, Any]:
     }
 
 
+QC_CLEAN = "qc_clean"
+
+
 class OutcomeCountsFn(beam.CombineFn):
-    """ScoredImages -> {"scored", "labelled", "benign", "malignant"} counts."""
+    """ScoredImages -> {"scored", "labelled", "benign", "malignant", "qc_clean", <each QC flag>}
+    counts (an image with several flags counts once under each)."""
 
     def create_accumulator(self) -> dict[str, int]:
         """All counts zero."""
-        return {"scored": 0, "labelled": 0, **{name: 0 for name in CLASS_NAMES}}
+        return {
+            "scored": 0,
+            "labelled": 0,
+            **{name: 0 for name in CLASS_NAMES},
+            QC_CLEAN: 0,
+            **{flag: 0 for flag in QC_FLAGS},
+        }
 
     def add_input(self, accumulator: dict[str, int], record: ScoredImage) -> dict[str, int]:
         """Count one prediction."""
         accumulator["scored"] += 1
         accumulator["labelled"] += int(is_labelled(record))
         accumulator[record.predicted_label] += 1
+        accumulator[QC_CLEAN] += int(is_qc_clean(record))
+        for flag in qc_flags_of(record):
+            accumulator[flag] += 1
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -16,8 +16,9 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from model import storage
 from model.naming import basename
+from model.quality import SizeRange
 from model.tensorflow_runtime import load_tensorflow
-from pipelines.rows import ScoredImage, scored_image
+from pipelines.rows import ScoredImage, scored_image, with_quality
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,13 @@ def prediction_row(
     heatmap_dir: str,
     threshold: float,
     alpha: float = HEATMAP_ALPHA,
+    expected_sizes: SizeRange | None = None,
 ) -> ScoredImage:
     """(path, PredictionResult) -> its ScoredImage, writing the Grad-CAM overlay if there is one.
 
     The overlay has the size of the original kept for it (`PreparedImage.original`): the image's
-    own size, or at most OVERLAY_MAX_SIDE on the longer side for larger images.
+    own size, or at most OVERLAY_MAX_SIDE on the longer side for larger images. The row carries
+    the image's quality measures and flags (the size check against expected_sizes, if given).
     """
     path, result = keyed
     score = result.inference
@@ -63,4 +66,5 @@ def prediction_row(
         overlay = overlay_heatmap(result.example.original, score.heatmap, alpha=alpha)
         heatmap_path = storage.join(heatmap_dir, heatmap_name(path))
         storage.write_bytes(heatmap_path, encode_png(overlay, compress_level=1))
-    return scored_image(path, score.p_malignant, threshold, heatmap_path)
+    row = scored_image(path, score.p_malignant, threshold, heatmap_path)
+    return with_quality(row, result.example.quality, expected_sizes)

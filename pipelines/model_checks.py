@@ -18,6 +18,7 @@ from model.constants import CLASS_NAMES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, MODEL_C
 from model.keras_archive import KerasArchiveError, ModelOutline, read_outline
 from model.model_card import ModelCard, missing_export_files
 from model.preprocessing import NORMALIZATION
+from model.quality import size_range_from_card
 from pipelines.launch_checks import LaunchError
 
 _REQUIRED = ("model_id", "image_size", "threshold")
@@ -62,6 +63,10 @@ def card_problems(values: dict[str, Any]) -> list[str]:
     for name in ("last_conv_layer", "logit_layer"):
         if name in values and not (isinstance(values[name], str) and values[name]):
             problems.append(f"{name} {values[name]!r} (need a layer name)")
+    try:  # the input quality size check's range; older cards have none
+        size_range_from_card(values.get("training_image_sizes"))
+    except ValueError as error:
+        problems.append(str(error))
     return problems
 
 

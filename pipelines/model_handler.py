@@ -4,8 +4,9 @@ Beam's own TensorFlow handler imports `tensorflow_hub` and loads SavedModels; ou
 training export's `model.keras` (through `model.model_card`, so `gs://` works), builds the
 Grad-CAM model once per worker process (RunInference shares it between the process's threads),
 and scores a whole batch with one call. Reading and decoding happen in `prepare_image`, the
-handler's preprocessing function, and turning a result into its predictions.csv row (writing the
-Grad-CAM overlay) its post-processing function, so RunInference's exception handling routes
+handler's preprocessing function (which also takes the input quality measures of the decoded
+image), and turning a result into its predictions.csv row (writing the Grad-CAM overlay, raising
+the quality flags) its post-processing function, so RunInference's exception handling routes
 unreadable files and failed writes to its dead-letter outputs.
 """
 
@@ -23,7 +24,8 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
 from model import storage
-from model.preprocessing import OVERLAY_MAX_SIDE, prepare_image
+from model.preprocessing import OVERLAY_MAX_SIDE, prepare_measured_image
+from model.quality import QualityMeasures, SizeRange
 from model.tensorflow_runtime import load_tensorflow
 from pipelines.heatmaps import prediction_row
 
@@ -37,6 +39,7 @@ class PreparedImage(NamedTuple):
 
     model_input: np.ndarray  # float32 [size, size, 3], normalised as in training
     original: np.ndarray | None  # uint8 [H, W, 3] RGB, longer side <= OVERLAY_MAX_SIDE, or None
+    quality: QualityMeasures | None = None  # input quality measures of the decoded image
 
 
 class ImageScore(NamedTuple):
@@ -49,14 +52,15 @@ class ImageScore(NamedTuple):
 def read_and_prepare(
     path: str, image_size: int, keep_original: bool, max_bytes: int
 ) -> tuple[str, PreparedImage]:
-    """Read and decode a file once: (path, model input and, for Grad-CAM, the original image).
+    """Read and decode a file once: (path, model input, the original for Grad-CAM, quality).
 
     The model input is exactly `model.preprocessing.preprocess_image`'s; the original is kept
-    (at most OVERLAY_MAX_SIDE on its longer side) for the overlay without a second decode.
+    (at most OVERLAY_MAX_SIDE on its longer side) for the overlay without a second decode; the
+    quality measures are the training job's for the same file (`model.quality`).
     """
     data = storage.read_bytes(path, max_bytes=max_bytes)
     overlay_side = OVERLAY_MAX_SIDE if keep_original else None
-    return path, PreparedImage(*prepare_image(data, image_size, overlay_side))
+    return path, PreparedImage(*prepare_measured_image(data, image_size, overlay_side))
 
 
 @dataclasses.dataclass
@@ -157,8 +161,13 @@ def keyed_scoring_handler(
     max_bytes: int = storage.DEFAULT_MAX_BYTES,
     last_conv_layer: str | None = None,
     logit_layer: str | None = None,
+    expected_sizes: SizeRange | None = None,
 ) -> ModelHandler:
-    """Path -> ScoredImage: reads in preprocessing, writes the overlay in post-processing."""
+    """Path -> ScoredImage: reads in preprocessing, writes the overlay in post-processing.
+
+    expected_sizes: the training images' size range from the model card, for the
+    unexpected_size flag (None: no size check).
+    """
     handler = KeyedModelHandler(
         GradCamModelHandler(
             model_dir,
@@ -174,5 +183,10 @@ def keyed_scoring_handler(
             read_and_prepare, image_size=image_size, keep_original=gradcam, max_bytes=max_bytes
         )
     ).with_postprocess_fn(
-        functools.partial(prediction_row, heatmap_dir=heatmap_dir, threshold=threshold)
+        functools.partial(
+            prediction_row,
+            heatmap_dir=heatmap_dir,
+            threshold=threshold,
+            expected_sizes=expected_sizes,
+        )
     )

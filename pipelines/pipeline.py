@@ -18,6 +18,7 @@ from apache_beam.ml.inference.base import RunInference, RunInferenceDLQ
 from apache_beam.pvalue import AsList, AsSingleton
 
 from model import storage
+from model.quality import SizeRange
 from pipelines.aggregates import ComputeMetrics, OutcomeCountsFn
 from pipelines.csv_output import ERRORS_NAME, PREDICTIONS_NAME, WriteCsv
 from pipelines.dead_letters import (
@@ -32,7 +33,7 @@ from pipelines.model_handler import keyed_scoring_handler
 from pipelines.progress import ReportProgressFn
 from pipelines.report import ERROR_SAMPLE, GalleryFn, write_scoring_report
 from pipelines.report_writer import RunCounts, build_summary, write_metrics, write_summary
-from pipelines.rows import ERROR_COLUMNS, PREDICTION_COLUMNS
+from pipelines.rows import ERROR_COLUMNS, PREDICTION_COLUMNS, is_qc_clean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ScoringConfig:
     last_conv_layer: str
     logit_layer: str
     progress_interval: float
+    expected_sizes: SizeRange | None = None  # training image sizes from the card; None: no check
 
 
 class ScoreImages(beam.PTransform):
@@ -81,6 +83,7 @@ class ScoreImages(beam.PTransform):
             max_bytes=config.max_bytes,
             last_conv_layer=config.last_conv_layer,
             logit_layer=config.logit_layer,
+            expected_sizes=config.expected_sizes,
         )
         waiting = paths | "AwaitMatchCount" >> beam.Map(
             lambda path, _: path, AsSingleton(self._matched)
@@ -116,6 +119,9 @@ class CollectErrors(beam.PTransform):
 class WriteOutputs(beam.PTransform):
     """(records, errors) -> predictions and errors CSVs, metrics.json, patients.csv, plots.
 
+    metrics.json also reports the QC-clean images: the same streaming aggregates applied to the
+    records that raised no input quality flag.
+
     Returns the write results (final file names, the metrics report or None, the metrics
     inputs) for the steps that must follow them.
     """
@@ -135,8 +141,16 @@ class WriteOutputs(beam.PTransform):
             config.output_dir, ERRORS_NAME, ERROR_COLUMNS
         )
         metrics_inputs = records | "ComputeMetrics" >> ComputeMetrics(config.threshold)
+        clean_inputs = (
+            records
+            | "QcClean" >> beam.Filter(is_qc_clean)
+            | "ComputeCleanMetrics" >> ComputeMetrics(config.threshold)
+        )
         metrics = metrics_inputs | "WriteMetrics" >> beam.Map(
-            write_metrics, config.output_dir, config.threshold
+            write_metrics,
+            config.output_dir,
+            config.threshold,
+            clean_inputs=AsSingleton(clean_inputs),
         )
         return {
             "predictions": predictions,

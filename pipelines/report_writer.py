@@ -1,4 +1,10 @@
-"""Job-level outputs: metrics.json, patients.csv, plots/ and summary.json, via `model.storage`."""
+"""Job-level outputs: metrics.json, patients.csv, plots/ and summary.json, via `model.storage`.
+
+metrics.json is `model.evaluation`'s report over every labelled image, plus one more key,
+`qc_clean`: the same report (same keys and shape, without a `qc_clean` of its own) over the
+labelled images that raised no input quality flag, or null when none did. summary.json's
+`quality_control` block counts the images each flag caught and the clean ones.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +18,14 @@ from typing import Any, NamedTuple
 from model import storage
 from model.constants import CLASS_NAMES
 from model.evaluation import PATIENT_COLUMNS, patient_table, report_from_summaries
-from pipelines.aggregates import POOLED, MetricsInputs
+from model.quality import QC_FLAGS, thresholds
+from pipelines.aggregates import POOLED, QC_CLEAN, MetricsInputs
 from pipelines.csv_output import csv_line
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+QC_CLEAN_METRICS = "qc_clean"  # metrics.json's block over the QC-clean labelled images
 PATIENTS_FILE = "patients.csv"
 SUMMARY_FILE = "summary.json"
 
@@ -38,15 +46,32 @@ def _curves(inputs: MetricsInputs, report: Mapping[str, Any]) -> tuple[dict, dic
     return roc, pr
 
 
-def write_metrics(inputs: MetricsInputs, output_dir: str, threshold: float) -> dict | None:
-    """Write metrics.json, patients.csv and plots/ when any image was labelled; the report."""
-    pooled = inputs.image_summaries.get(POOLED)
-    if pooled is None or pooled.n == 0:
+def _labelled_images(inputs: MetricsInputs | None) -> int:
+    pooled = inputs.image_summaries.get(POOLED) if inputs is not None else None
+    return 0 if pooled is None else pooled.n
+
+
+def write_metrics(
+    inputs: MetricsInputs,
+    output_dir: str,
+    threshold: float,
+    clean_inputs: MetricsInputs | None = None,
+) -> dict | None:
+    """Write metrics.json, patients.csv and plots/ when any image was labelled; the report.
+
+    clean_inputs: the same aggregates over the QC-clean images, for the `qc_clean` block.
+    """
+    if _labelled_images(inputs) == 0:
         logger.info("No input has a BreakHis name with ground truth: no metrics written")
         return None
     from model import plots  # matplotlib is only needed when there is something to plot
 
     report = report_from_summaries(inputs.image_summaries, inputs.patient_rows, threshold)
+    report[QC_CLEAN_METRICS] = (
+        report_from_summaries(clean_inputs.image_summaries, clean_inputs.patient_rows, threshold)
+        if _labelled_images(clean_inputs)
+        else None
+    )
     storage.write_text(storage.join(output_dir, METRICS_FILE), _json(report))
     lines = [",".join(PATIENT_COLUMNS)]
     lines += [csv_line(row) for row in patient_table(inputs.patient_rows, threshold)]
@@ -106,12 +131,28 @@ def build_summary(counts: RunCounts, job: Mapping[str, Any], started_at: float) 
         "failed_fraction": counts.failed / counts.matched if counts.matched else 0.0,
         "predictions_per_class": {name: counts.outcomes[name] for name in CLASS_NAMES},
         "labelled_images": counts.outcomes["labelled"],
+        "quality_control": quality_summary(counts.outcomes, job),
         "non_image_files_skipped": counts.skipped,
         "output_files_excluded": counts.excluded,
         **job,
         "started_at": _iso(started_at),
         "finished_at": _iso(finished_at),
         "wall_time_seconds": round(finished_at - started_at, 3),
+    }
+
+
+def quality_summary(outcomes: Mapping[str, int], job: Mapping[str, Any]) -> dict[str, Any]:
+    """summary.json's `quality_control` block: clean images, images per flag, the rules used.
+
+    An image with several flags counts under each; `size_check` is false when the model card
+    records no training image sizes (unexpected_size is then never raised).
+    """
+    return {
+        "clean_images": outcomes[QC_CLEAN],
+        "flagged_images": outcomes["scored"] - outcomes[QC_CLEAN],
+        "flag_counts": {flag: outcomes[flag] for flag in QC_FLAGS},
+        "size_check": job.get("expected_image_sizes") is not None,
+        "thresholds": thresholds(),
     }
 
 

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from model.labels import predicted_label
 from model.naming import parse_breakhis_name
+from model.quality import QualityMeasures, SizeRange, format_flags, parse_flags, quality_flags
 
 P_DECIMALS = 6
 
@@ -58,3 +59,27 @@ def scored_image(path: str, p_malignant: float, threshold: float, heatmap_path: 
         subtype=info.subtype if info else "",
         heatmap_path=heatmap_path,
     )
+
+
+def with_quality(
+    row: ScoredImage, measures: QualityMeasures | None, expected_sizes: SizeRange | None
+) -> ScoredImage:
+    """The row with its input quality measures and qc_flags (unchanged when not measured)."""
+    if measures is None:
+        return row
+    return row._replace(
+        qc_flags=format_flags(quality_flags(measures, expected_sizes)),
+        tissue_fraction=measures.tissue_fraction,
+        focus_score=measures.focus_score,
+        stain_score=measures.stain_score,
+    )
+
+
+def is_qc_clean(record: ScoredImage) -> bool:
+    """Whether the image raised no input quality flag."""
+    return not record.qc_flags
+
+
+def qc_flags_of(record: ScoredImage) -> tuple[str, ...]:
+    """The flags a row's qc_flags lists."""
+    return parse_flags(record.qc_flags)

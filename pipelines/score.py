@@ -33,6 +33,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from model import storage
+from model.quality import size_range_from_card
 from model.tensorflow_runtime import set_verbosity
 from pipelines.csv_output import CSV_SUFFIX, ERRORS_NAME
 from pipelines.launch_checks import (
@@ -181,6 +182,8 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
         last_conv_layer=card.last_conv_layer,
         logit_layer=card.logit_layer,
         progress_interval=args.progress_interval,
+        # Cards made before input quality control record no sizes: no unexpected_size check.
+        expected_sizes=size_range_from_card(card.training_image_sizes),
     )
     return config, earlier
 
@@ -220,6 +223,9 @@ def launch(
         "batch_size": config.batch_size,
         "max_error_fraction": args.max_error_fraction,
         "max_file_mb": args.max_file_mb,
+        "expected_image_sizes": (
+            config.expected_sizes.to_card() if config.expected_sizes is not None else None
+        ),
         **runner,
     }
     logger.info(

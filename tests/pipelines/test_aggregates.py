@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import apache_beam as beam
 import numpy as np
@@ -12,14 +13,17 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from model.evaluation import evaluate, patient_rows_from_records, report_from_summaries
 from model.metrics import binary_metrics
+from model.quality import LOW_TISSUE, NOT_HE_STAINED, OUT_OF_FOCUS, UNEXPECTED_SIZE, format_flags
 from pipelines.aggregates import (
     ComputeMetrics,
     ImageSummariesFn,
+    MetricsInputs,
     OutcomeCountsFn,
     PatientTallyFn,
     patient_keys,
     patient_row,
 )
+from pipelines.report_writer import write_metrics
 from pipelines.rows import scored_image
 from tests.model.test_metrics import summary_state
 
@@ -161,8 +165,12 @@ def test_patient_tallies_match_the_exact_patient_rows():
         assert_that(rows, equal_to(expected_rows))
 
 
-def test_outcome_counts_cover_labelled_and_unlabelled_predictions():
+def test_outcome_counts_cover_labelled_and_unlabelled_predictions_and_quality_flags():
     records = _records()
+    # Every fifth image out of focus, every seventh also (or only) low on tissue.
+    for index in range(len(records)):
+        flags = [LOW_TISSUE] * (index % 7 == 0) + [OUT_OF_FOCUS] * (index % 5 == 0)
+        records[index] = records[index]._replace(qc_flags=format_flags(flags))
     malignant = sum(r.predicted_label == "malignant" for r in records)
     with test_pipeline.TestPipeline() as pipeline:
         counts = pipeline | beam.Create(records) | beam.CombineGlobally(OutcomeCountsFn())
@@ -175,6 +183,11 @@ def test_outcome_counts_cover_labelled_and_unlabelled_predictions():
                         "labelled": len(records) - 1,
                         "benign": len(records) - malignant,
                         "malignant": malignant,
+                        "qc_clean": sum(i % 7 != 0 and i % 5 != 0 for i in range(len(records))),
+                        LOW_TISSUE: len(range(0, len(records), 7)),
+                        NOT_HE_STAINED: 0,
+                        OUT_OF_FOCUS: len(range(0, len(records), 5)),
+                        UNEXPECTED_SIZE: 0,
                     }
                 ]
             ),
@@ -190,3 +203,22 @@ def test_no_labelled_image_gives_empty_summaries():
             | beam.Map(lambda inputs: (inputs.image_summaries, inputs.patient_rows))
         )
         assert_that(outputs, equal_to([({}, [])]))
+
+
+def test_metrics_json_has_a_null_qc_clean_block_when_no_labelled_image_is_clean(tmp_path):
+
+    records = [record for record in _records() if record.true_label]
+    combiner = ImageSummariesFn(THRESHOLD)
+    summaries = combiner.create_accumulator()
+    for record in records:
+        combiner.add_input(summaries, record)
+    rows = patient_rows_from_records(_as_evaluation_records(records), THRESHOLD)
+    report = write_metrics(
+        MetricsInputs(summaries, rows),
+        str(tmp_path),
+        THRESHOLD,
+        clean_inputs=MetricsInputs({}, []),
+    )
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["qc_clean"] is None and written["qc_clean"] is None
+    assert written["counts"]["images"] == len(records)

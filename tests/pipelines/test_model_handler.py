@@ -134,3 +134,18 @@ def test_run_inference_keys_rows_by_path_and_routes_unreadable_files(
         (overlay,) = heatmap_dir.glob(heatmap_name(path))
         with Image.open(overlay) as heatmap:
             assert heatmap.size == Image.open(path).size
+
+
+def test_scoring_and_training_measure_a_files_quality_identically(scoring_inputs):
+    from tests.conftest import BREAKHIS_SAMPLE
+    from train_job.data import inspect_images
+
+    # Every tenth real image when the sample is there; the synthetic inputs (RGB tiles, gray,
+    # RGBA and 16-bit PNGs) always.
+    real = sorted(str(path) for path in BREAKHIS_SAMPLE.rglob("*.png"))[::10]
+    paths = real + scoring_inputs.labelled[:2] + scoring_inputs.other_modes
+    unreadable, training = inspect_images(paths, max_bytes=MAX_BYTES)
+    assert unreadable == {}
+    for path in paths:
+        _, prepared = read_and_prepare(path, IMAGE_SIZE, keep_original=False, max_bytes=MAX_BYTES)
+        assert prepared.quality == training[path], path
