@@ -26,7 +26,8 @@ from model.naming import (
     parse_breakhis_name,
     printable_path,
 )
-from model.preprocessing import decode_rgb
+from model.preprocessing import measure_image
+from model.quality import QualityMeasures
 
 logger = logging.getLogger(__name__)
 
@@ -54,31 +55,40 @@ class Discovery:
     unparsed: list[str]
     skipped_magnification: int = 0
     unreadable: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> reason
+    # path -> input quality measures, taken in the same decode that checks readability
+    quality: dict[str, QualityMeasures] = dataclasses.field(default_factory=dict)
 
 
 UNREADABLE_NAME = "file name is not valid UTF-8 (shown with \\xNN escapes); rename it to use it"
 
 
-def find_unreadable(
+def inspect_images(
     paths: Sequence[str], max_bytes: int = storage.DEFAULT_MAX_BYTES, threads: int = 8
-) -> dict[str, str]:
-    """path -> reason for every file that cannot be read and decoded (decoded in parallel).
+) -> tuple[dict[str, str], dict[str, QualityMeasures]]:
+    """(path -> reason for every file that cannot be read and decoded, path -> the input quality
+    measures of every other file), decoding each file once, in parallel.
 
-    Costs one decode per image up front (about 9 ms for a 700x460 PNG, shared across threads),
-    so a corrupt file is listed and left out instead of failing training mid-epoch. FIFOs,
-    devices, dangling links and files over max_bytes are refused unopened.
+    Costs one decode per image up front (about 9 ms for a 700x460 PNG, plus about 3 ms for the
+    quality measures, shared across threads), so a corrupt file is listed and left out instead
+    of failing training mid-epoch, and the measures need no decode of their own. FIFOs, devices,
+    dangling links and files over max_bytes are refused unopened.
     """
 
-    def problem(path: str) -> str | None:
+    def inspect(path: str) -> str | QualityMeasures:
         try:
-            decode_rgb(storage.read_bytes(path, max_bytes=max_bytes))
+            return measure_image(storage.read_bytes(path, max_bytes=max_bytes))
         except Exception as error:  # any failure to read or decode excludes the file
             return f"{type(error).__name__}: {error}"
-        return None
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        reasons = list(pool.map(problem, paths))
-    return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
+        results = list(pool.map(inspect, paths))
+    unreadable, quality = {}, {}
+    for path, result in zip(paths, results, strict=True):
+        if isinstance(result, str):
+            unreadable[path] = result
+        else:
+            quality[path] = result
+    return unreadable, quality
 
 
 def list_image_files(data_dir: str, exclude_dir: str | None = None) -> list[str]:
@@ -102,7 +112,8 @@ def discover_images(
     exclude_dir: str | None = None,
 ) -> Discovery:
     """Every image below data_dir (BreakHis layout or flat) but exclude_dir's, parsed and (by
-    default) decoded once; unparsable names and unreadable files are set aside with reasons.
+    default) decoded once, which also takes each image's input quality measures; unparsable
+    names and unreadable files are set aside with reasons.
 
     Names that are not valid UTF-8 count as unreadable: no text output could carry them. Such
     paths, and unparsed ones, are kept as `naming.printable_path` text.
@@ -115,7 +126,8 @@ def discover_images(
         data_dir = os.path.abspath(data_dir)
     paths = list_image_files(data_dir, exclude_dir)
     images, unparsed, skipped = [], [], 0
-    unreadable = {}
+    unreadable: dict[str, str] = {}
+    quality: dict[str, QualityMeasures] = {}
     for path in paths:
         if not is_valid_utf8_name(path):
             unreadable[printable_path(path)] = UNREADABLE_NAME
@@ -141,7 +153,8 @@ def discover_images(
             f"({len(paths)} image files found, {len(unparsed)} with unparsable names)"
         )
     if check_readable:
-        unreadable.update(find_unreadable([image.path for image in images], max_bytes))
+        failed, quality = inspect_images([image.path for image in images], max_bytes)
+        unreadable.update(failed)
     if unreadable:
         logger.warning(
             "%d image file(s) cannot be read and are not used (first: %s: %s)",
@@ -154,7 +167,7 @@ def discover_images(
         raise DataError(
             f"none of the BreakHis images under {data_dir} can be read (first: {first}: {reason})"
         )
-    return Discovery(images, unparsed, skipped, unreadable)
+    return Discovery(images, unparsed, skipped, unreadable, quality)
 
 
 def _specimens_by_class(images: Iterable[LabeledImage]) -> dict[str, dict[str, int]]:

@@ -29,6 +29,7 @@ from train_job.export import (
     write_card,
     write_model_files,
 )
+from train_job.input_quality import quality_report
 from train_job.report import write_training_report
 
 logger = logging.getLogger(__name__)
@@ -94,11 +95,13 @@ def _write_file(directory: str, name: str, content: bytes) -> None:
 
 def model_card(config: TrainConfig, outcome: TrainingOutcome) -> ModelCard:
     """The card: what a scorer needs, how the model was made (every flag) and how it did."""
+    quality = quality_report(outcome.by_split, outcome.discovery.quality)
     return ModelCard(
         model_id=uuid.uuid4().hex,
         image_size=config.image_size,
         threshold=float(outcome.threshold),
         threshold_rule=outcome.threshold_rule,
+        training_image_sizes=quality.card_sizes(),
         training_config={
             **dataclasses.asdict(config),
             "replicas": outcome.replicas,
@@ -116,6 +119,7 @@ def model_card(config: TrainConfig, outcome: TrainingOutcome) -> ModelCard:
             "unreadable_files": outcome.discovery.unreadable,
             "split_unit": "specimen (slide id without section letters)",
             "splits": data.summarize_split(outcome.rows),
+            "quality_control": quality.card_summary(),
         },
         test_metrics=outcome.report,
         versions=_versions(),
@@ -151,10 +155,19 @@ def _report_summary(config: TrainConfig, card: ModelCard, outcome: TrainingOutco
             f"{split}_patients": sum(c["patients"] for c in classes.values())
             for split, classes in splits.items()
         },
+        **{
+            f"{split}_quality_flags": _qc_line(counts)
+            for split, counts in card.data_summary["quality_control"]["by_split"].items()
+        },
         "weights": printable_path(config.weights),
         "replicas": outcome.replicas,
         "threshold": round(float(outcome.threshold), 4),
     }
+
+
+def _qc_line(counts: dict) -> dict:
+    """One split's quality flag counts as a summary row: clean images, then each flag."""
+    return {"clean": f"{counts['clean']} of {counts['images']}", **counts["flags"]}
 
 
 def _report_notes(config: TrainConfig, outcome: TrainingOutcome) -> list[str]:

@@ -23,5 +23,5 @@ def no_decoding(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("an image was decoded before the launch checks finished")
 
-    monkeypatch.setattr("train_job.data.decode_rgb", refuse)
+    monkeypatch.setattr("train_job.data.measure_image", refuse)
     monkeypatch.setattr("train_job.dataset.load_image", refuse)

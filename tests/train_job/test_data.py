@@ -176,3 +176,5 @@ def test_unreadable_images_are_listed_with_their_reason_and_left_out(synthetic_d
     assert "ImageDecodeError" in found.unreadable[str(empty)]
     assert len(found.images) == len(good)
     assert str(truncated) not in {image.path for image in found.images}
+    # The decode that checks readability also measures input quality, for every usable image.
+    assert set(found.quality) == {image.path for image in found.images}

@@ -211,3 +211,35 @@ def test_validation_caution_names_the_classes_with_few_patients():
     assert few_validation_patients(rows(3, 4)) == ""
     caution = few_validation_patients(rows(1, 5))
     assert "only 1 benign patient" in caution and "malignant" not in caution
+
+
+def test_card_records_training_sizes_and_what_each_quality_flag_would_have_caught(trained):
+    from model.preprocessing import measure_image
+    from model.quality import count_flags, quality_flags, size_range
+
+    _, output_dir = trained
+    card = read_model_card(str(output_dir))
+    with open(output_dir / "split.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    measured = {
+        row["image_path"]: measure_image(open(row["image_path"], "rb").read()) for row in rows
+    }
+    sizes = size_range(
+        (m.width, m.height) for path, m in measured.items() if _split_of(rows, path) == "train"
+    )
+    assert card.training_image_sizes == sizes.to_card()
+    assert sizes.images == sum(row["split"] == "train" for row in rows)
+    by_split = card.data_summary["quality_control"]["by_split"]
+    assert set(by_split) == {"train", "validation", "test"}
+    for split, counts in by_split.items():
+        expected = count_flags(
+            quality_flags(measured[row["image_path"]], sizes)
+            for row in rows
+            if row["split"] == split
+        )
+        assert counts == expected, split
+    assert sum(counts["flags"]["out_of_focus"] for counts in by_split.values()) > 0
+
+
+def _split_of(rows, path: str) -> str:
+    return next(row["split"] for row in rows if row["image_path"] == path)
