@@ -11,6 +11,7 @@ import pytest
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from model import storage
+from model.preprocessing import measure_image
 from pipelines.launch_checks import LaunchError
 from pipelines.model_checks import check_model_export
 from tests.conftest import REPO_ROOT
@@ -76,6 +77,19 @@ def test_gs_inputs_model_and_outputs_share_the_local_code_path(bucket_inputs, sc
     assert summary["inputs_matched"] == summary["scored"] + summary["failed"] == len(rows + errors)
     report = read_json(f"{output_dir}/metrics.json")
     assert report["image_level"]["pooled"]["n"] == len(scoring_inputs.labelled)
+    # Quality measures are taken of gs:// files too, the same as of their local copies.
+    local = {os.path.basename(path): path for path in scoring_inputs.labelled}
+    for row in rows:
+        if row["true_label"]:
+            measures = measure_image(
+                pathlib.Path(local[row["image_path"].rsplit("/", 1)[1]]).read_bytes()
+            )
+            assert float(row["focus_score"]) == measures.focus_score, row["image_path"]
+    clean = sum(1 for row in rows if not row["qc_flags"])
+    assert summary["quality_control"]["clean_images"] == clean
+    assert report["qc_clean"]["counts"]["images"] == sum(
+        1 for row in rows if row["true_label"] and not row["qc_flags"]
+    )
     for name in ("patients.csv", "plots/roc.png", "plots/pr.png", "plots/confusion_matrix.png"):
         assert storage.exists(f"{output_dir}/{name}"), name
 

@@ -268,6 +268,8 @@ def test_multi_processing_runs_give_the_same_rows_in_shards(
             float(expected[path]["p_malignant"]), abs=1e-5
         )
         assert os.path.isfile(row["heatmap_path"])
+        quality = ("qc_flags", "tissue_fraction", "focus_score", "stain_score")
+        assert [row[key] for key in quality] == [expected[path][key] for key in quality]
     errors = read_csv(str(output_dir / "errors.csv"))
     assert sorted(row["image_path"] for row in errors) == scoring_inputs.broken
     summary = read_json(str(output_dir / "summary.json"))
