@@ -7,6 +7,12 @@ the sections; each section is `sections/<name>.html`, fed one `Section` whose da
 `model.report_sections` prepares. The page has inline CSS and no scripts, and every `src`/`href`
 is a relative path inside the output directory, so the folder can be copied or opened offline.
 This module also picks the gallery's rows (`select_gallery`).
+
+Adding a section takes a template and its data: write `templates/sections/<name>.html` (wrap it in
+`<section id="{{ section.name }}">`, read only `section.data`, use macros.html for metric cells
+and labels), then either build its `Section` in `model.report_sections` and list it in
+render_report's `standard` dict (a section both reports show), or have the one caller that shows
+it pass `extra_sections={"<place>": [Section(...)]}` to render_report.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 import jinja2
 
 from model import storage
-from model.constants import CLASS_NAMES
+from model.labels import BENIGN, MALIGNANT
 from model.report_sections import (
     GALLERY_CATEGORIES,
     GalleryItem,
@@ -41,19 +47,7 @@ from model.report_sections import (
 logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
-# The sections every report can have, in page order; `render_report(extra_sections=...)` places
-# more after any of them (or at the "top"), each rendered by templates/sections/<name>.html.
-STANDARD_SECTIONS: tuple[str, ...] = (
-    "run",
-    "headline",
-    "plots",
-    "magnification",
-    "patients",
-    "gallery",
-    "errors",
-)
-TOP = "top"
-_BENIGN, _MALIGNANT = CLASS_NAMES
+TOP = "top"  # where render_report's extra_sections go before every other section
 
 
 @functools.cache
@@ -79,9 +73,9 @@ def is_misclassified(row: Mapping[str, Any]) -> bool:
 def _wrong_confidence(row: Mapping[str, Any]) -> float:
     """Confidence of the call itself, threshold-free: p for malignant calls, 1 - p for benign."""
     p = float(row["p_malignant"])
-    if row["predicted_label"] == _MALIGNANT:
+    if row["predicted_label"] == MALIGNANT:
         return p
-    if row["predicted_label"] == _BENIGN:
+    if row["predicted_label"] == BENIGN:
         return 1.0 - p
     return max(p, 1.0 - p)
 
@@ -116,9 +110,9 @@ def select_gallery(
             continue
         if is_misclassified(row):
             category = "misclassified"
-        elif row["predicted_label"] == _MALIGNANT:
+        elif row["predicted_label"] == MALIGNANT:
             category = "confident_malignant"
-        elif row["predicted_label"] == _BENIGN:
+        elif row["predicted_label"] == BENIGN:
             category = "confident_benign"
         else:
             continue
@@ -136,14 +130,13 @@ def select_gallery(
 def _placed(
     standard: Mapping[str, Section | None], extra: Mapping[str, Sequence[Section]]
 ) -> list[Section]:
-    """The standard sections that are shown, with each extra one after the place it names."""
-    places = (TOP, *STANDARD_SECTIONS)
+    """The standard sections that are shown, in order, with each extra one after its place."""
+    places = (TOP, *standard)
     unknown = sorted(set(extra) - set(places))
     if unknown:
         raise ValueError(f"extra sections go after one of {places}, not {unknown}")
     sections = list(extra.get(TOP, ()))
-    for name in STANDARD_SECTIONS:
-        shown = standard[name]
+    for name, shown in standard.items():
         sections += ([shown] if shown is not None else []) + list(extra.get(name, ()))
     repeated = sorted(
         name for name, n in collections.Counter(s.name for s in sections).items() if n > 1
@@ -176,10 +169,12 @@ def render_report(
     category) lets the page say how many items select_gallery's caps left out. `full_lists` names
     the files beside the report that list everything a capped table leaves out, by kind
     ("images", "patients", "errors"); a kind without a file is only said to be capped.
-    `extra_sections` adds sections a caller prepares, keyed by where they go: "top" or the name
-    of the STANDARD_SECTIONS entry they follow (placed there even when that one is not shown).
+    `extra_sections` adds sections a caller prepares, keyed by where they go: "top", or the name
+    of the standard section they follow ("run", "headline", "plots", "magnification", "patients",
+    "gallery", "errors"), where they go even when that one is not shown.
     """
     full_lists = full_lists or {}
+    # Every section both reports can have, in page order; None where it is not shown.
     standard = {
         "run": run_section(summary),
         "headline": headline_section(metrics),
