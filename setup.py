@@ -11,6 +11,9 @@ setup(
     packages=find_packages(
         include=["model", "model.*", "train_job", "train_job.*", "pipelines", "pipelines.*"]
     ),
+    # The report templates are read at run time (jinja2.PackageLoader), so they ship in the sdist
+    # Dataflow stages with --setup_file and in every wheel built from the tree.
+    package_data={"model": ["templates/*.html", "templates/*.css", "templates/sections/*.html"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",  # Keras 3

@@ -1,9 +1,15 @@
-"""setup.py: the distribution's name and the dependency bounds that matter for safety."""
+"""setup.py: the distribution's name, the dependency bounds that matter for safety, package data."""
 
 from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tarfile
 
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -44,3 +50,63 @@ def test_keras_lower_bound_excludes_every_known_safe_mode_bypass():
 
 def test_the_distribution_name_is_not_the_unrelated_pypi_project():
     assert _setup_arguments()["name"] != "breakhis-gradcam"
+
+
+def _template_files(root: pathlib.Path) -> set[str]:
+    """Every file under model/templates, as a path relative to the folder holding `model`."""
+    return {
+        path.relative_to(root).as_posix()
+        for path in (root / "model" / "templates").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def test_the_report_templates_ship_in_the_sdist_and_render_once_installed_from_it(tmp_path):
+    """What Dataflow does with --setup_file: `setup.py sdist`, then pip installs it on a worker."""
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(REPO_ROOT / "setup.py", source)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for package in ("model", "train_job", "pipelines"):
+        shutil.copytree(REPO_ROOT / package, source / package, ignore=ignore)
+    expected = _template_files(REPO_ROOT)
+    assert {"model/templates/base.html", "model/templates/report.html"} <= expected
+
+    # The command Beam's stager runs when the `build` package is absent (as in this venv).
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(dist)],
+        cwd=source,
+        check=True,
+        capture_output=True,
+    )
+    (sdist,) = dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        shipped = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    assert expected <= shipped, sorted(expected - shipped)
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+        + ["--no-index", "--target", str(site), str(sdist)],
+        check=True,
+        capture_output=True,
+    )
+    assert expected <= _template_files(site), sorted(expected - _template_files(site))
+    render = (
+        "import model, sys\n"
+        "from model.html_report import render_report\n"
+        "print(model.__file__)\n"
+        "print(render_report(title='installed', metrics=None, plots={}, gallery=[]))\n"
+    )
+    rendered = subprocess.run(
+        [sys.executable, "-c", render],
+        cwd=tmp_path,  # not the repository: templates must come from the installed package
+        env={**os.environ, "PYTHONPATH": str(site)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    module_file, page = rendered.stdout.split("\n", 1)
+    assert pathlib.Path(module_file).is_relative_to(site)
+    assert "<h1>installed</h1>" in page and "</footer>" in page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import html.parser
 import json
 import os
@@ -9,13 +10,15 @@ import pathlib
 import random
 import re
 
+import jinja2
 import pytest
 from PIL import Image
 
 from model import html_report
 from model.evaluation import evaluate
-from model.html_report import GalleryItem, render_report, select_gallery, write_report
+from model.html_report import GalleryItem, Section, render_report, select_gallery, write_report
 from tests import browser
+from tests.conftest import REPO_ROOT
 
 HEADLINE_KEYS = (
     "image_level.pooled.accuracy",
@@ -257,7 +260,8 @@ def test_report_escapes_hostile_file_names_and_text():
         *("figcaption", "span", "b", "footer"),
     }
     assert "<script>" not in page_text
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;.png" in page_text
+    # Jinja2's autoescape (markupsafe) writes a double quote as &#34;, equally safe in attributes.
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;.png" in page_text
     assert "bad &amp; &lt;worse&gt;" in page_text
     # The hostile names are still shown to the reader, as text.
     assert hostile in page.visible
@@ -430,6 +434,149 @@ def test_write_report_writes_report_html_into_the_output_dir(tmp_path):
     path = write_report(str(tmp_path / "run"), "<!DOCTYPE html><p>é</p>")
     assert pathlib.Path(path) == tmp_path / "run" / "report.html"
     assert pathlib.Path(path).read_text(encoding="utf-8") == "<!DOCTYPE html><p>é</p>"
+
+
+# --- templates -------------------------------------------------------------------------------
+
+
+def _sections_in_page_order(page_text: str) -> list[str]:
+    return re.findall(r'<section id="([^"]+)"', page_text)
+
+
+def _nav(page_text: str) -> list[str]:
+    nav = re.search(r"<nav>(.*?)</nav>", page_text, re.DOTALL).group(1)
+    return re.findall(r'href="#([^"]+)"', nav)
+
+
+def test_every_template_autoescapes_what_it_is_given():
+    environment = html_report.template_environment()
+    names = environment.list_templates()
+    assert {"base.html", "report.html", "sections/headline.html"} <= set(names)
+    for name in names:
+        assert environment.select_template([name]).environment.autoescape(name) is True, name
+    page_text = render_report(
+        title="<script>alert(1)</script>",
+        metrics=None,
+        plots={},
+        gallery=[],
+        notes=["<script>alert(2)</script>"],
+        extra_sections={
+            "top": [Section("run", "Run", {"rows": [{"name": "<script>", "value": 1}]})]
+        },
+    )
+    assert "<script>" not in page_text
+    assert page_text.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 2  # <title> and <h1>
+    assert "<p>&lt;script&gt;alert(2)&lt;/script&gt;</p>" in page_text
+    assert "<th>&lt;script&gt;</th>" in page_text
+
+
+def test_a_value_a_template_needs_and_does_not_get_fails_the_render():
+    # A section whose data lacks the rows its template shows.
+    with pytest.raises(jinja2.UndefinedError, match="rows"):
+        render_report(
+            title="t",
+            metrics=None,
+            plots={},
+            gallery=[],
+            extra_sections={"top": [Section("run", "Run", {"row": []})]},
+        )
+    # The layout without its title.
+    page = html_report.template_environment().get_template("report.html")
+    with pytest.raises(jinja2.UndefinedError, match="title"):
+        page.render(nav=[], notes=[], sections=[], threshold=None)
+
+
+def test_every_section_template_fails_on_data_without_its_keys():
+    environment = html_report.template_environment()
+    names = [
+        name.removeprefix("sections/").removesuffix(".html")
+        for name in environment.list_templates()
+        if name.startswith("sections/")
+    ]
+    assert {"headline", "gallery", "errors"} <= set(names)
+    page = environment.get_template("report.html")
+    for name in names:
+        with pytest.raises(jinja2.UndefinedError):
+            page.render(
+                title="t", nav=[], notes=[], sections=[Section(name, name, {})], threshold=None
+            )
+
+
+def test_extra_sections_go_where_their_caller_places_them():
+    # The run section's template stands in for a new one: without a summary it is not shown.
+    extra = Section("run", "Extra", {"rows": [{"name": "Needs review", "value": "3"}]})
+    on_top = render_report(
+        title="t", metrics=None, plots={}, gallery=[], extra_sections={"top": [extra]}
+    )
+    assert _sections_in_page_order(on_top) == ["run", "headline", "gallery", "errors"]
+    assert _nav(on_top) == ["run", "headline", "gallery", "errors"]
+    assert '<a href="#run">Extra</a>' in on_top
+    assert "Needs review" in _Page(on_top).visible
+
+    # After a section that is not shown this time (no plots): where it would have been.
+    after_plots = render_report(
+        title="t", metrics=_metrics(), plots={}, gallery=[], extra_sections={"plots": [extra]}
+    )
+    assert _sections_in_page_order(after_plots) == [
+        *("headline", "run", "magnification", "gallery", "errors")
+    ]
+    assert _nav(after_plots) == _sections_in_page_order(after_plots)
+
+
+def test_extra_sections_must_name_a_known_place_and_a_new_section():
+    extra = Section("run", "Extra", {"rows": []})
+    with pytest.raises(ValueError, match="extra sections go after one of"):
+        render_report(
+            title="t", metrics=None, plots={}, gallery=[], extra_sections={"middle": [extra]}
+        )
+    with pytest.raises(ValueError, match="repeated: \\['run'\\]"):
+        render_report(
+            title="t",
+            metrics=None,
+            plots={},
+            gallery=[],
+            summary={"scored": 1},
+            extra_sections={"top": [extra]},
+        )
+
+
+_HTML_TAG = re.compile(
+    r"</?(html|head|body|main|section|nav|footer|style|title|meta|h[1-6]|p|div|span|a|b|i|u|"
+    r"img|figure|figcaption|table|thead|tbody|tr|th|td|ul|ol|li|br)\b[^<>]*>"
+)
+
+
+def _string_texts(tree: ast.AST) -> list[str]:
+    """Every string literal but docstrings; an f-string whole, its fields shown as {}."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    texts = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            texts.append(
+                "".join(
+                    part.value if isinstance(part, ast.Constant) else "{}" for part in node.values
+                )
+            )
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) not in docstrings:
+                texts.append(node.value)
+    return texts
+
+
+@pytest.mark.parametrize(
+    "module", ["model/html_report.py", "train_job/report.py", "pipelines/report.py"]
+)
+def test_no_html_is_assembled_in_python_strings(module):
+    tree = ast.parse((REPO_ROOT / module).read_text(encoding="utf-8"))
+    markup = [text for text in _string_texts(tree) if _HTML_TAG.search(text)]
+    assert markup == [], f"{module} builds HTML in strings; use a template in model/templates"
 
 
 # --- in headless Chromium ------------------------------------------------------------------
