@@ -27,7 +27,9 @@ from model.html_report import (
 from model.naming import basename
 from model.plots import EVALUATION_PLOTS
 from model.preprocessing import bounded_copy, decode_rgb
+from model.quality_section import quality_section
 from model.report_assets import REPORT_ASSETS_DIR, downsize
+from model.report_sections import Section
 from model.tensorflow_runtime import load_tensorflow
 from pipelines.aggregates import MetricsInputs
 from pipelines.heatmaps import HEATMAP_DIR, heatmap_name
@@ -174,8 +176,17 @@ def write_scoring_report(
             "patients": "patients.csv",
             "errors": "errors.csv",
         },
+        extra_sections=_extra_sections(summary, metrics),
     )
     return write_report(output_dir, html)
+
+
+def _extra_sections(
+    summary: Mapping[str, Any], metrics: Mapping[str, Any] | None
+) -> dict[str, list[Section]]:
+    """The scoring report's own sections, by the standard section they follow."""
+    quality = quality_section(summary.get("quality_control"), metrics)
+    return {"headline": [quality]} if quality is not None else {}
 
 
 def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -143,3 +144,17 @@ def test_a_malformed_size_record_in_the_card_stops_the_launch(tmp_path, tiny_exp
     card_path.write_text(json.dumps(card))
     with pytest.raises(LaunchError, match="training_image_sizes"):
         check_model_export(str(export))
+
+
+def test_the_scoring_report_shows_each_flags_count_and_the_qc_clean_metrics(in_memory_run):
+    html = (in_memory_run.output_dir / "report.html").read_text()
+    quality = read_json(str(in_memory_run.output_dir / "summary.json"))["quality_control"]
+    shown_counts = dict(re.findall(r'data-quality-flag="(\w+)">(\d+)<', html))
+    assert shown_counts == {flag: str(count) for flag, count in quality["flag_counts"].items()}
+    metrics = read_json(str(in_memory_run.output_dir / "metrics.json"))
+    shown = dict(re.findall(r'data-metric="(qc_clean\.[\w.]+)">([^<]*)<', html))
+    clean_images = metrics["qc_clean"]["counts"]["images"]
+    assert shown["qc_clean.counts.images"] == str(clean_images)
+    accuracy = metrics["qc_clean"]["image_level"]["pooled"]["accuracy"]
+    assert shown["qc_clean.image_level.pooled.accuracy"] == f"{accuracy:.4f}"
+    assert html.index('id="quality"') < html.index('id="plots"')
