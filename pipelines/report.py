@@ -2,7 +2,9 @@
 
 The gallery keeps only the few images it will show (the most confident calls of each class and
 the most confidently wrong ones), pruned as rows stream in, so memory does not grow with the
-number of images; the error table shows a bounded sample (errors.csv has them all).
+number of images; the error table shows a bounded sample (errors.csv has them all). The "Needs
+review" section shows the review queue's counts and its first few images (review.csv has the
+first --review_limit).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from model.report_assets import REPORT_ASSETS_DIR, downsize
 from model.tensorflow_runtime import load_tensorflow
 from pipelines.aggregates import MetricsInputs
 from pipelines.heatmaps import HEATMAP_DIR, heatmap_name
+from pipelines.review import REVIEW_FILE, ReviewQueue
 from pipelines.rows import ScoredImage, ScoringError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ logger = logging.getLogger(__name__)
 PER_CATEGORY = 12
 MAX_MISCLASSIFIED = 48
 ERROR_SAMPLE = 200
+REVIEW_PAGE_ITEMS = 20
 _GALLERY_FIELDS = ("image_path", "p_malignant", "predicted_label", "true_label", "heatmap_path")
 
 
@@ -94,6 +98,11 @@ class GalleryFn(beam.CombineFn):
         return picks, dict(totals)
 
 
+def overlay_href(heatmap_path: str) -> str:
+    """The link from report.html (in --output_dir) to an image's overlay under heatmaps/."""
+    return f"{HEATMAP_DIR}/{basename(heatmap_path)}"
+
+
 def _gallery_items(
     picks: Mapping[str, Sequence[Mapping]], output_dir: str, max_bytes: int
 ) -> list[GalleryItem]:
@@ -121,7 +130,7 @@ def _gallery_items(
                 GalleryItem(
                     image_path=row["image_path"],
                     original_href=original_href,
-                    overlay_href=f"{HEATMAP_DIR}/{basename(row['heatmap_path'])}",
+                    overlay_href=overlay_href(row["heatmap_path"]),
                     p_malignant=float(row["p_malignant"]),
                     predicted_label=row["predicted_label"],
                     true_label=row["true_label"] or None,
@@ -137,6 +146,7 @@ def write_scoring_report(
     metrics_inputs: MetricsInputs,
     gallery: tuple[dict, dict],
     errors: Sequence[ScoringError],
+    review: ReviewQueue,
     output_dir: str,
     threshold: float,
     gradcam: bool,
@@ -156,6 +166,7 @@ def write_scoring_report(
     ]
     if not gradcam:
         notes.append("Run with --no_gradcam: no heatmaps, so no Grad-CAM gallery.")
+    notes.append(review_note(needs_review_section(review, gradcam)))
     failed = int(summary.get("failed", 0))
     if failed > len(errors):
         notes.append(f"The error table shows {len(errors)} of {failed} errors; see errors.csv.")
@@ -176,6 +187,54 @@ def write_scoring_report(
         },
     )
     return write_report(output_dir, html)
+
+
+def needs_review_section(
+    queue: ReviewQueue, gradcam: bool, page_items: int = REVIEW_PAGE_ITEMS
+) -> dict[str, Any]:
+    """The "Needs review" section's data: counts per reason over every scored image, and the
+    queue's first `page_items` images with their overlay links (None without Grad-CAM)."""
+    items = []
+    for rank, candidate in enumerate(queue.candidates[:page_items], start=1):
+        has_overlay = gradcam and bool(candidate.heatmap_path)
+        items.append(
+            {
+                "rank": rank,
+                "image_path": candidate.image_path,
+                "reasons": list(candidate.reasons),
+                "p_malignant": candidate.p_malignant,
+                "p_std": candidate.p_std,
+                "predicted_label": candidate.predicted_label,
+                "patient_id": candidate.patient_id or None,
+                "patient_call": candidate.patient_call or None,
+                "true_label": candidate.true_label or None,
+                "overlay_href": overlay_href(candidate.heatmap_path) if has_overlay else None,
+            }
+        )
+    return {
+        "images": queue.images,
+        "needing_review": queue.needing_review,
+        "reason_counts": dict(sorted(queue.reason_counts.items(), key=lambda kv: -kv[1])),
+        "items": items,
+        "listed": len(queue.candidates),
+        "full_list": REVIEW_FILE if queue.candidates else None,
+    }
+
+
+def review_note(section: Mapping[str, Any]) -> str:
+    """One line for the report's notes: how many images need review, why, where the list is."""
+    counts = ", ".join(
+        f"{reason} {count}" for reason, count in section["reason_counts"].items() if count
+    )
+    line = f"{section['needing_review']} of {section['images']} scored images need review"
+    if not section["needing_review"]:
+        return line + "."
+    where = (
+        f"{section['full_list']} lists the first {section['listed']} in priority order"
+        if section["full_list"]
+        else f"no {REVIEW_FILE} (--review_limit 0)"
+    )
+    return f"{line} ({counts}); {where}."
 
 
 def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:
