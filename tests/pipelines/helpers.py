@@ -138,7 +138,6 @@ def assert_review_queue(output_dir: str, limit: int) -> dict[str, Any]:
     """
     from pipelines.review import (
         MODEL_REASONS,
-        UNCERTAIN_P_STD,
         ReviewCandidate,
         near_threshold_band,
         review_priority,
@@ -157,7 +156,7 @@ def assert_review_queue(output_dir: str, limit: int) -> dict[str, Any]:
         call = calls.get(row["patient_id"], "")
         found = {
             "patient_disagreement": bool(call) and row["predicted_label"] != call,
-            "uncertain": p_std > UNCERTAIN_P_STD,
+            "uncertain": p_std > abs(p - threshold),
             "near_threshold": low <= p <= high,
         }
         flags = [flag for flag in row["qc_flags"].split(";") if flag]

@@ -20,7 +20,6 @@ from pipelines.review import (
     REVIEW_COLUMNS,
     REVIEW_FILE,
     UNCERTAIN,
-    UNCERTAIN_P_STD,
     ReviewQueueFn,
     near_threshold_band,
     patient_calls,
@@ -87,11 +86,23 @@ def test_near_threshold_fires_at_both_band_edges_and_not_one_step_outside(thresh
         assert _reasons(_record(p=p, threshold=threshold), threshold=threshold) == (), p
 
 
-def test_uncertain_fires_only_above_the_documented_spread_and_never_at_tta_1():
-    assert _reasons(_record(p_std=0.0)) == ()  # --tta 1: one view, no spread
-    assert _reasons(_record(p_std=UNCERTAIN_P_STD)) == ()
-    assert _reasons(_record(p_std=math.nextafter(UNCERTAIN_P_STD, 1.0))) == (UNCERTAIN,)
-    assert _reasons(_record(p_std=0.3)) == (UNCERTAIN,)
+@pytest.mark.parametrize(("threshold", "p"), [(0.5, 0.7), (0.5, 0.35), (0.078, 0.1), (0.0, 0.0)])
+def test_uncertain_fires_when_the_spread_reaches_the_threshold_and_never_at_tta_1(threshold, p):
+    def reasons(p_std):
+        found = _reasons(_record(p=p, threshold=threshold, p_std=p_std), threshold=threshold)
+        return tuple(reason for reason in found if reason != NEAR_THRESHOLD)
+
+    distance = abs(p - threshold)
+    assert reasons(0.0) == ()  # --tta 1: one view, no spread, even at the threshold itself
+    assert reasons(distance) == ()
+    assert reasons(math.nextafter(distance, 1.0)) == (UNCERTAIN,)
+    assert reasons(distance + 0.2) == (UNCERTAIN,)
+
+
+def test_the_same_spread_is_uncertain_only_near_enough_to_the_threshold():
+    # 0.03 is a wide spread for p = 0.1 at t = 0.078, and nothing for a call at p = 0.95.
+    assert UNCERTAIN in _reasons(_record(p=0.1, threshold=0.078, p_std=0.03), threshold=0.078)
+    assert _reasons(_record(p=0.95, threshold=0.078, p_std=0.03), threshold=0.078) == ()
 
 
 def test_patient_disagreement_fires_when_the_call_differs_from_the_patients():
@@ -200,8 +211,8 @@ def test_the_priority_order_is_qc_then_disagreement_then_uncertain_then_near_thr
     records = [
         _record("/i/near_far.png", 0.41),
         _record("/i/near_close.png", 0.52),
-        _record("/i/uncertain_low.png", 0.95, p_std=0.2),
-        _record("/i/uncertain_high.png", 0.95, p_std=0.3),
+        _record("/i/uncertain_low.png", 0.7, p_std=0.25),
+        _record("/i/uncertain_high.png", 0.7, p_std=0.3),
         _record("/i/dissent_weak.png", 0.55, patient_id="P1"),
         _record("/i/dissent_strong.png", 0.99, patient_id="P1"),
         _record("/i/qc_one.png", 0.99, qc_flags="low_tissue"),
