@@ -192,7 +192,18 @@ PATIENT_COLUMNS: tuple[str, ...] = (
     "predicted_malignant_images",
     "majority_prediction",
     "mean_p_prediction",
+    "called_both_ways",
 )
+
+
+def patient_call(row: Mapping[str, Any]) -> str:
+    """A patient's call from a patient row: the majority of its image calls (ties malignant)."""
+    return label_name(majority_index(row["predicted_malignant"], row["images"]))
+
+
+def called_both_ways(row: Mapping[str, Any]) -> bool:
+    """Whether a patient row's images are called benign and malignant, some each way."""
+    return 0 < row["predicted_malignant"] < row["images"]
 
 
 def patient_table(rows: Sequence[Mapping[str, Any]], threshold: float) -> list[list[Any]]:
@@ -213,9 +224,10 @@ def patient_table(rows: Sequence[Mapping[str, Any]], threshold: float) -> list[l
                 round(row["correct"] / images, 6),
                 mean_p,
                 row["predicted_malignant"],
-                label_name(majority_index(row["predicted_malignant"], images)),
+                patient_call(row),
                 # The patient-level metrics in metrics.json score a patient by its mean p.
                 predicted_label(mean_p, threshold),
+                called_both_ways(row),
             ]
         )
     return table

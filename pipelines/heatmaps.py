@@ -68,3 +68,8 @@ def prediction_row(
         storage.write_bytes(heatmap_path, encode_png(overlay, compress_level=1))
     row = scored_image(path, score.p_malignant, threshold, heatmap_path)
     return with_quality(row, result.example.quality, expected_sizes)
+
+
+def overlay_href(heatmap_path: str) -> str:
+    """The link from report.html (in --output_dir) to an image's overlay under heatmaps/."""
+    return f"{HEATMAP_DIR}/{basename(heatmap_path)}"

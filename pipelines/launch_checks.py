@@ -29,7 +29,11 @@ class LaunchError(Exception):
 
 
 def check_flags(
-    batch_size: int, max_error_fraction: float, num_shards: int | None, max_file_mb: float
+    batch_size: int,
+    max_error_fraction: float,
+    num_shards: int | None,
+    max_file_mb: float,
+    review_limit: int,
 ) -> None:
     """Reject numeric flags outside their ranges."""
     if not max_file_mb > 0:  # also false for NaN
@@ -40,6 +44,8 @@ def check_flags(
         raise LaunchError(f"--max_error_fraction must be in [0, 1], got {max_error_fraction}")
     if num_shards is not None and num_shards < 0:
         raise LaunchError(f"--num_shards must be 0 (runner decides) or more, got {num_shards}")
+    if review_limit < 0:
+        raise LaunchError(f"--review_limit must be 0 (no review file) or more, got {review_limit}")
 
 
 def check_inputs(patterns: Sequence[str], output_dir: str) -> list[str]:

@@ -2,7 +2,8 @@
 
     MatchImages -> ScoreImages -> CollectErrors -> WriteOutputs + SummarizeRun -> WriteReports
 
-ReportProgress counts ScoreImages' and CollectErrors' outputs as they arrive.
+ReportProgress counts ScoreImages' and CollectErrors' outputs as they arrive. WriteOutputs
+includes ReviewQueue (review.csv), which needs each patient's call from the patient tallies.
 
 WriteReports writes report.html and then summary.json, the run's last file: it takes every other
 output's write result as a side input, so a summary exists only beside a finished run's outputs.
@@ -33,6 +34,14 @@ from pipelines.model_handler import keyed_scoring_handler
 from pipelines.progress import ReportProgressFn
 from pipelines.report import ERROR_SAMPLE, GalleryFn, write_scoring_report
 from pipelines.report_writer import RunCounts, build_summary, write_metrics, write_summary
+from pipelines.review import (
+    ReviewQueueFn,
+    patient_calls,
+    review_candidate,
+    review_summary,
+    with_review,
+    write_review_csv,
+)
 from pipelines.rows import ERROR_COLUMNS, PREDICTION_COLUMNS, is_qc_clean
 
 
@@ -54,6 +63,7 @@ class ScoringConfig:
     last_conv_layer: str
     logit_layer: str
     progress_interval: float
+    review_limit: int
     expected_sizes: SizeRange | None = None  # training image sizes from the card; None: no check
 
 
@@ -116,14 +126,47 @@ class CollectErrors(beam.PTransform):
         return parts | "Flatten" >> beam.Flatten()
 
 
+class ReviewQueue(beam.PTransform):
+    """ScoredImages -> review.csv; returns the queue, its summary entry and the written file.
+
+    Each image's reasons need its patient's call: a side input of one call per patient, made
+    from the patient tallies the metrics already combine, so it is bounded by the patients.
+    """
+
+    def __init__(self, config: ScoringConfig, metrics_inputs: beam.PCollection):
+        super().__init__()
+        self._config = config
+        self._metrics_inputs = metrics_inputs
+
+    def expand(self, records: beam.PCollection) -> dict[str, beam.PCollection]:
+        """Find each image's reasons, keep the first --review_limit, write them."""
+        config = self._config
+        calls = self._metrics_inputs | "PatientCalls" >> beam.Map(patient_calls)
+        queue = (
+            records
+            | "FindReasons"
+            >> beam.Map(review_candidate, threshold=config.threshold, calls=AsSingleton(calls))
+            | "Rank" >> beam.CombineGlobally(ReviewQueueFn(config.review_limit, config.threshold))
+        )
+        return {
+            "queue": queue,
+            "summary": queue
+            | "Summarize"
+            >> beam.Map(review_summary, limit=config.review_limit, threshold=config.threshold),
+            "file": queue
+            | "Write" >> beam.Map(write_review_csv, config.output_dir, config.review_limit),
+        }
+
+
 class WriteOutputs(beam.PTransform):
-    """(records, errors) -> predictions and errors CSVs, metrics.json, patients.csv, plots.
+    """(records, errors) -> predictions and errors CSVs, metrics.json, patients.csv, plots,
+    review.csv.
 
     metrics.json also reports the QC-clean images: the same streaming aggregates applied to the
     records that raised no input quality flag.
 
     Returns the write results (final file names, the metrics report or None, the metrics
-    inputs) for the steps that must follow them.
+    inputs, the review queue and its summary entry) for the steps that must follow them.
     """
 
     def __init__(self, config: ScoringConfig):
@@ -152,16 +195,21 @@ class WriteOutputs(beam.PTransform):
             config.threshold,
             clean_inputs=AsSingleton(clean_inputs),
         )
+        review = records | "ReviewQueue" >> ReviewQueue(config, metrics_inputs)
         return {
             "predictions": predictions,
             "errors": error_files,
             "metrics": metrics,
             "metrics_inputs": metrics_inputs,
+            "review_queue": review["queue"],
+            "review_summary": review["summary"],
+            "review_file": review["file"],
         }
 
 
 class SummarizeRun(beam.PTransform):
-    """{records, errors, skipped, excluded} -> the one summary dict, once everything is counted."""
+    """{records, errors, skipped, excluded, review} -> the one summary dict, once everything is
+    counted; `review` is the review queue's summary entry."""
 
     def __init__(self, matched: beam.PCollection, job: dict[str, Any], started_at: float):
         super().__init__()
@@ -189,6 +237,7 @@ class SummarizeRun(beam.PTransform):
             | "Trigger" >> beam.Create([None])
             | "Counts" >> beam.Map(lambda _, *counts: RunCounts(*counts), *counted)
             | "Summary" >> beam.Map(build_summary, job=self._job, started_at=self._started_at)
+            | "AddReview" >> beam.Map(with_review, AsSingleton(inputs["review"]))
         )
 
 
@@ -214,6 +263,7 @@ class WriteReports(beam.PTransform):
             metrics_inputs=AsSingleton(written["metrics_inputs"]),
             gallery=AsSingleton(gallery),
             errors=AsSingleton(error_sample),
+            review=AsSingleton(written["review_queue"]),
             output_dir=config.output_dir,
             threshold=config.threshold,
             gradcam=config.gradcam,
@@ -225,6 +275,7 @@ class WriteReports(beam.PTransform):
             predictions=AsList(written["predictions"]),
             errors=AsList(written["errors"]),
             metrics=AsSingleton(written["metrics"]),
+            review=AsSingleton(written["review_file"]),
             report=AsSingleton(report),
         )
 
@@ -272,6 +323,7 @@ def build_pipeline(
         "errors": errors,
         SKIPPED_TAG: matches[SKIPPED_TAG],
         EXCLUDED_TAG: matches[EXCLUDED_TAG],
+        "review": written["review_summary"],
     } | "SummarizeRun" >> SummarizeRun(matched, job, started_at)
     _ = {"records": records, "errors": errors, "summary": summary} | "WriteReports" >> WriteReports(
         config, written

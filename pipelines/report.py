@@ -2,7 +2,9 @@
 
 The gallery keeps only the few images it will show (the most confident calls of each class and
 the most confidently wrong ones), pruned as rows stream in, so memory does not grow with the
-number of images; the error table shows a bounded sample (errors.csv has them all).
+number of images; the error table shows a bounded sample (errors.csv has them all). The "Needs
+review" section shows the review queue's counts and its first few images (review.csv has the
+first --review_limit).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from model.html_report import (
     select_gallery,
     write_report,
 )
-from model.naming import basename
 from model.plots import EVALUATION_PLOTS
 from model.preprocessing import bounded_copy, decode_rgb
 from model.quality_section import quality_section
@@ -32,7 +33,9 @@ from model.report_assets import REPORT_ASSETS_DIR, downsize
 from model.report_sections import Section
 from model.tensorflow_runtime import load_tensorflow
 from pipelines.aggregates import MetricsInputs
-from pipelines.heatmaps import HEATMAP_DIR, heatmap_name
+from pipelines.heatmaps import heatmap_name, overlay_href
+from pipelines.review import ReviewQueue
+from pipelines.review_report import needs_review_section, review_section
 from pipelines.rows import ScoredImage, ScoringError
 
 logger = logging.getLogger(__name__)
@@ -123,7 +126,7 @@ def _gallery_items(
                 GalleryItem(
                     image_path=row["image_path"],
                     original_href=original_href,
-                    overlay_href=f"{HEATMAP_DIR}/{basename(row['heatmap_path'])}",
+                    overlay_href=overlay_href(row["heatmap_path"]),
                     p_malignant=float(row["p_malignant"]),
                     predicted_label=row["predicted_label"],
                     true_label=row["true_label"] or None,
@@ -139,6 +142,7 @@ def write_scoring_report(
     metrics_inputs: MetricsInputs,
     gallery: tuple[dict, dict],
     errors: Sequence[ScoringError],
+    review: ReviewQueue,
     output_dir: str,
     threshold: float,
     gradcam: bool,
@@ -158,6 +162,7 @@ def write_scoring_report(
     ]
     if not gradcam:
         notes.append("Run with --no_gradcam: no heatmaps, so no Grad-CAM gallery.")
+    review_data = needs_review_section(review, gradcam)
     failed = int(summary.get("failed", 0))
     if failed > len(errors):
         notes.append(f"The error table shows {len(errors)} of {failed} errors; see errors.csv.")
@@ -176,17 +181,23 @@ def write_scoring_report(
             "patients": "patients.csv",
             "errors": "errors.csv",
         },
-        extra_sections=_extra_sections(summary, metrics),
+        extra_sections=_extra_sections(summary, metrics, review_data, threshold),
     )
     return write_report(output_dir, html)
 
 
 def _extra_sections(
-    summary: Mapping[str, Any], metrics: Mapping[str, Any] | None
+    summary: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None,
+    review_data: Mapping[str, Any],
+    threshold: float,
 ) -> dict[str, list[Section]]:
-    """The scoring report's own sections, by the standard section they follow."""
+    """The scoring report's own sections, by where they go: "Needs review" opens the page."""
+    sections = {"top": [review_section(review_data, threshold)]}
     quality = quality_section(summary.get("quality_control"), metrics)
-    return {"headline": [quality]} if quality is not None else {}
+    if quality is not None:
+        sections["headline"] = [quality]
+    return sections
 
 
 def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:

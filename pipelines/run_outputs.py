@@ -20,6 +20,7 @@ from model.report_assets import REPORT_ASSETS_DIR
 from pipelines.csv_output import CSV_SUFFIX, ERRORS_NAME, PREDICTIONS_NAME
 from pipelines.heatmaps import HEATMAP_DIR, HEATMAP_NAME
 from pipelines.report_writer import METRICS_FILE, PATIENTS_FILE, SUMMARY_FILE
+from pipelines.review import REVIEW_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ _TOP_LEVEL_FILES = {
     REPORT_FILE,
     METRICS_FILE,
     PATIENTS_FILE,
+    REVIEW_FILE,
     PREDICTIONS_NAME + CSV_SUFFIX,
     ERRORS_NAME + CSV_SUFFIX,
 }

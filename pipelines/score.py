@@ -2,11 +2,11 @@
 
     python -m pipelines.score --input 'images/**' --model_dir export/ --output_dir scores/ \
         [--no_gradcam] [--batch_size 32] [--max_error_fraction 0.05] [--max_file_mb 256] \
-        [--overwrite] [-v] [Beam options]
+        [--review_limit 1000] [--overwrite] [-v] [Beam options]
 
 Flow (pipelines/pipeline.py): MatchImages -> ScoreImages (RunInference: read + decode +
 preprocess, one batched forward pass giving P(malignant) and Grad-CAM, overlay written in
-post-processing) -> CollectErrors -> WriteOutputs (predictions, errors, metrics) ->
+post-processing) -> CollectErrors -> WriteOutputs (predictions, errors, metrics, review) ->
 WriteReports (report.html, then summary.json last). Flags this module does not know
 (`--runner`, `--direct_num_workers`, `--project`, ...) go to Beam untouched.
 """
@@ -47,6 +47,7 @@ from pipelines.model_checks import check_model_export
 from pipelines.pipeline import ScoringConfig, build_pipeline
 from pipelines.progress import DEFAULT_INTERVAL_SECONDS, quiet_worker_logs
 from pipelines.report_writer import SUMMARY_FILE, read_summary
+from pipelines.review import DEFAULT_REVIEW_LIMIT, REVIEW_FILE
 from pipelines.run_outputs import remove_outputs
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         help="an input file larger than this many MiB is an error, not read (default %(default)s)",
     )
     parser.add_argument(
+        "--review_limit",
+        type=int,
+        default=DEFAULT_REVIEW_LIMIT,
+        help=f"list at most this many images in {REVIEW_FILE}, first to review first; 0 writes "
+        "no review file (summary.json still counts every reason) (default %(default)s)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="remove an earlier run's outputs from --output_dir before scoring (without it, "
@@ -159,7 +167,13 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
 
     Returns the config and the earlier run's files to remove (only with --overwrite).
     """
-    check_flags(args.batch_size, args.max_error_fraction, args.num_shards, args.max_file_mb)
+    check_flags(
+        args.batch_size,
+        args.max_error_fraction,
+        args.num_shards,
+        args.max_file_mb,
+        args.review_limit,
+    )
     check_remote_locations(runner, [*args.input, args.model_dir, args.output_dir])
     patterns = check_inputs(args.input, args.output_dir)
     card = check_model_export(args.model_dir, gradcam=not args.no_gradcam)
@@ -182,6 +196,7 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
         last_conv_layer=card.last_conv_layer,
         logit_layer=card.logit_layer,
         progress_interval=args.progress_interval,
+        review_limit=args.review_limit,
         # Cards made before input quality control record no sizes: no unexpected_size check.
         expected_sizes=size_range_from_card(card.training_image_sizes),
     )

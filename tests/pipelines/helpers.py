@@ -128,3 +128,67 @@ def write_large_png(path: str, width: int, height: int) -> None:
                 handle.write(chunk(b"IDAT", data))
         handle.write(chunk(b"IDAT", compressor.flush()))
         handle.write(chunk(b"IEND", b""))
+
+
+def assert_review_queue(output_dir: str, limit: int) -> dict[str, Any]:
+    """review.csv and summary.json's "review" agree with the run's predictions and patients.
+
+    The reasons are recomputed here from the CSV files (the documented rules, applied to what
+    the run wrote); the order from `review_priority`. Returns summary.json's "review" entry.
+    """
+    from pipelines.review import (
+        MODEL_REASONS,
+        ReviewCandidate,
+        near_threshold_band,
+        review_priority,
+    )
+
+    summary = read_json(storage.join(output_dir, "summary.json"))
+    threshold = summary["threshold"]
+    patients_csv = storage.join(output_dir, "patients.csv")
+    calls = {}
+    if storage.exists(patients_csv):
+        calls = {row["patient_id"]: row["majority_prediction"] for row in read_csv(patients_csv)}
+    low, high = near_threshold_band(threshold)
+    candidates = []
+    for row in prediction_rows(output_dir):
+        p, p_std = float(row["p_malignant"]), float(row["p_std"])
+        call = calls.get(row["patient_id"], "")
+        found = {
+            "patient_disagreement": bool(call) and row["predicted_label"] != call,
+            "uncertain": p_std > abs(p - threshold),
+            "near_threshold": low <= p <= high,
+        }
+        flags = [flag for flag in row["qc_flags"].split(";") if flag]
+        reasons = tuple(flags + [name for name in MODEL_REASONS if found[name]])
+        fields = {name: row[name] for name in ReviewCandidate._fields if name in row}
+        candidates.append(
+            ReviewCandidate(
+                **{**fields, "p_malignant": p, "p_std": p_std},
+                reasons=reasons,
+                patient_call=call,
+            )
+        )
+    needing = [c for c in candidates if c.reasons]
+    expected = sorted(needing, key=lambda c: review_priority(c, threshold))[:limit]
+
+    review = summary["review"]
+    counts = {name: 0 for name in MODEL_REASONS}
+    for candidate in needing:
+        for reason in candidate.reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+    assert review["reasons"] == counts
+    assert review["images_needing_review"] == len(needing)
+    assert review["listed"] == len(expected) and review["limit"] == limit
+    review_csv = storage.join(output_dir, "review.csv")
+    if limit == 0:
+        assert not storage.exists(review_csv) and review["file"] is None
+        return review
+    rows = read_csv(review_csv)
+    assert [row["rank"] for row in rows] == [str(rank) for rank in range(1, len(expected) + 1)]
+    assert [(row["image_path"], row["reasons"]) for row in rows] == [
+        (c.image_path, ";".join(c.reasons)) for c in expected
+    ]
+    assert [row["heatmap_path"] for row in rows] == [c.heatmap_path for c in expected]
+    assert [row["patient_call"] for row in rows] == [c.patient_call for c in expected]
+    return review

@@ -16,7 +16,7 @@ from pipelines.launch_checks import LaunchError
 from pipelines.model_checks import check_model_export
 from tests.conftest import REPO_ROOT
 from tests.pipelines.conftest import run_scoring
-from tests.pipelines.helpers import prediction_rows, read_csv, read_json
+from tests.pipelines.helpers import assert_review_queue, prediction_rows, read_csv, read_json
 
 STEP_LABELS = {
     "MatchImages",
@@ -92,6 +92,7 @@ def test_gs_inputs_model_and_outputs_share_the_local_code_path(bucket_inputs, sc
     )
     for name in ("patients.csv", "plots/roc.png", "plots/pr.png", "plots/confusion_matrix.png"):
         assert storage.exists(f"{output_dir}/{name}"), name
+    assert assert_review_queue(output_dir, limit=1000)["images_needing_review"] > 0
 
 
 def test_an_unwritable_bucket_is_refused_before_the_job_starts(bucket_inputs):
@@ -217,7 +218,8 @@ def test_a_gs_rerun_needs_overwrite_which_removes_only_the_scorers_files(
     second = ["--input", f"{root}/lists/extra.csv", "--output_dir", output_dir, *model]
     with pytest.raises(LaunchError, match="earlier run's outputs .* --overwrite"):
         run_scoring(second)
-    run_scoring([*second, "--overwrite", "--no_gradcam"])
+    assert storage.exists(f"{output_dir}/review.csv")
+    run_scoring([*second, "--overwrite", "--no_gradcam", "--review_limit", "0"])
 
     summary = read_json(f"{output_dir}/summary.json")
     rows = prediction_rows(output_dir)
@@ -225,7 +227,7 @@ def test_a_gs_rerun_needs_overwrite_which_removes_only_the_scorers_files(
     assert summary["scored"] == len(rows) == len(scoring_inputs.unlabelled)
     assert summary["failed"] == len(errors) == len(scoring_inputs.broken)
     assert storage.match(f"{output_dir}/heatmaps/*") == [f"{output_dir}/heatmaps/mine.png"]
-    for stale in ("metrics.json", "patients.csv", "plots/roc.png"):
+    for stale in ("metrics.json", "patients.csv", "plots/roc.png", "review.csv"):
         assert not storage.exists(f"{output_dir}/{stale}"), stale
     for path, text in user_files.items():
         assert storage.read_text(path) == text

@@ -116,6 +116,8 @@ def test_bad_numeric_flags_are_rejected(tmp_path, scoring_inputs, tiny_export, c
     assert "--batch_size must be at least 1" in _main_error(argv + ["--batch_size", "0"], capsys)
     error = _main_error(argv + ["--max_error_fraction", "1.5"], capsys)
     assert "--max_error_fraction must be in [0, 1]" in error
+    error = _main_error(argv + ["--review_limit", "-1"], capsys)
+    assert "--review_limit must be 0 (no review file) or more, got -1" in error
 
 
 _DROP = object()  # a card change that removes the field

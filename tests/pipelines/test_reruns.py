@@ -80,11 +80,14 @@ def test_a_rerun_into_a_used_folder_stops_unless_overwrite_and_then_replaces_onl
     assert error.count("\n") == 1 and "--overwrite" in error and "earlier run" in error
     assert {path: path.stat().st_mtime_ns for path in output_dir.rglob("*")} == before
 
-    assert score.main(_argv(second, output_dir, "--overwrite", *argv)) == 0
+    assert (output_dir / "review.csv").exists()
+    # The second run writes no review.csv (--review_limit 0): the first run's must go.
+    overwrite = ["--overwrite", "--review_limit", "0"]
+    assert score.main(_argv(second, output_dir, *overwrite, *argv)) == 0
     summary = _assert_one_run(str(output_dir), second)
     assert summary["inputs_matched"] == len(second)
     # The unlabelled run writes no metrics: none may be left from the labelled one.
-    for stale in ("metrics.json", "patients.csv", "plots/roc.png", "plots/pr.png"):
+    for stale in ("metrics.json", "patients.csv", "plots/roc.png", "plots/pr.png", "review.csv"):
         assert not (output_dir / stale).exists(), stale
     assert not list(output_dir.glob("predictions-*-of-*.csv"))
     _assert_user_files_intact(output_dir)
@@ -100,6 +103,7 @@ def test_overwrite_lists_only_the_scorers_own_file_names(tmp_path):
         "errors.csv",
         "metrics.json",
         "patients.csv",
+        "review.csv",
         "plots/roc.png",
         "heatmaps/SOB_B_A-14-22549AB-40-001-0123456789abcdef.png",
         "report_assets/tile-fedcba9876543210.png",
@@ -115,6 +119,22 @@ def test_overwrite_lists_only_the_scorers_own_file_names(tmp_path):
         "report.html",
     ]
     assert sorted(os.path.relpath(path, tmp_path) for path in found) == sorted(own)
+
+
+def test_a_folder_holding_only_a_review_csv_is_an_earlier_runs_and_overwrite_removes_it(
+    tmp_path, scoring_inputs, tiny_export, capsys
+):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    (output_dir / "review.csv").write_text("rank,image_path\n1,/old/run.png\n")
+    argv = _argv(scoring_inputs.unlabelled, output_dir, "--model_dir", tiny_export, "--no_gradcam")
+    assert score.main(argv) == score.EXIT_LAUNCH_ERROR
+    assert "earlier run's outputs (review.csv)" in capsys.readouterr().err
+    assert (output_dir / "review.csv").read_text().endswith("/old/run.png\n")
+
+    assert score.main([*argv, "--overwrite"]) == 0
+    rows = read_csv(str(output_dir / "review.csv"))
+    assert {row["image_path"] for row in rows} <= set(scoring_inputs.unlabelled)
 
 
 def test_main_reads_only_its_own_runs_summary(

@@ -21,6 +21,7 @@ from pipelines.rows import PREDICTION_COLUMNS
 from tests.pipelines.conftest import IMAGE_SIZE, load_inputs, run_scoring
 from tests.pipelines.helpers import (
     assert_metrics_close,
+    assert_review_queue,
     distinct_bins,
     label_index,
     prediction_rows,
@@ -178,6 +179,8 @@ def test_patients_csv_summarises_each_patient(in_memory_run):
         assert summary["majority_prediction"] == (
             "malignant" if 2 * malignant_votes >= len(rows) else "benign"
         )
+        assert summary["called_both_ways"] == str(0 < malignant_votes < len(rows))
+    assert any(row["called_both_ways"] == "True" for row in patients.values())
 
 
 def test_one_heatmap_per_prediction_at_the_image_size(in_memory_run, scoring_inputs):
@@ -253,6 +256,8 @@ def test_multi_processing_runs_give_the_same_rows_in_shards(
             "2",
             "--direct_running_mode",
             "multi_processing",
+            "--review_limit",
+            "3",
         ]
     )
     shards = sorted(path.name for path in output_dir.glob("predictions*.csv"))
@@ -276,6 +281,8 @@ def test_multi_processing_runs_give_the_same_rows_in_shards(
     assert summary["inputs_matched"] == summary["scored"] + summary["failed"]
     assert summary["direct_running_mode"] == "multi_processing"
     assert summary["direct_num_workers"] == 2
+    # The review queue combined across worker processes: the first 3 of the whole run's queue.
+    assert assert_review_queue(str(output_dir), limit=3)["images_needing_review"] > 3
     assert 1 <= _distribution_count(result, "load_model_latency_milli_secs") <= 2
     # The worker processes, started with TF_CPP_MIN_LOG_LEVEL=2 as the launcher sets it without
     # -v, print none of TensorFlow's native start-up lines.
