@@ -76,7 +76,8 @@ def test_gs_inputs_model_and_outputs_share_the_local_code_path(bucket_inputs, sc
     assert summary["inputs_matched"] == summary["scored"] + summary["failed"] == len(rows + errors)
     report = read_json(f"{output_dir}/metrics.json")
     assert report["image_level"]["pooled"]["n"] == len(scoring_inputs.labelled)
-    for name in ("patients.csv", "plots/roc.png", "plots/pr.png", "plots/confusion_matrix.png"):
+    plots = ("plots/roc.png", "plots/pr.png", "plots/confusion_matrix.png", "plots/reliability.png")
+    for name in ("patients.csv", *plots):
         assert storage.exists(f"{output_dir}/{name}"), name
 
 
@@ -211,7 +212,7 @@ def test_a_gs_rerun_needs_overwrite_which_removes_only_the_scorers_files(
     assert summary["scored"] == len(rows) == len(scoring_inputs.unlabelled)
     assert summary["failed"] == len(errors) == len(scoring_inputs.broken)
     assert storage.match(f"{output_dir}/heatmaps/*") == [f"{output_dir}/heatmaps/mine.png"]
-    for stale in ("metrics.json", "patients.csv", "plots/roc.png"):
+    for stale in ("metrics.json", "patients.csv", "plots/roc.png", "plots/reliability.png"):
         assert not storage.exists(f"{output_dir}/{stale}"), stale
     for path, text in user_files.items():
         assert storage.read_text(path) == text
