@@ -185,7 +185,7 @@ def fit_temperature(
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
     y, z = _labels_and_scores(y_true, logits, "logits")
-    reason = _unfittable(y, z) if method == TEMPERATURE else "--calibration none: T = 1"
+    reason = _unfittable(y, z) if method == TEMPERATURE else "--calibration none"
     if reason:
         if method == TEMPERATURE:
             logger.warning("Temperature scaling not fitted, T = 1: %s", reason)

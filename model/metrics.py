@@ -3,9 +3,9 @@
 `binary_metrics` computes them exactly from arrays. The scoring pipeline cannot hold every score
 in memory, so it folds images into `StreamingSummary` accumulators (fixed-size score histograms,
 exact counts at the threshold and the reliability tally of `model.calibration`) whose
-`metrics()` has the same keys; `model.evaluation`
-builds the report of both jobs from either. Undefined values are `None`, never NaN, so reports
-are valid JSON; every number is a plain Python int or float.
+`metrics()` has the same keys; `model.evaluation` builds the report of both jobs from either.
+Undefined values are `None`, never NaN, so reports are valid JSON; every number is a plain
+Python int or float.
 """
 
 from __future__ import annotations

@@ -136,9 +136,10 @@ def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks)
         storage.join(work_dir, LOG_DIR),
         callbacks,
     )
-    model, calibration, validation_p = calibrate(
-        model, split.by_split["validation"], evaluation["validation"], config.calibration
-    )
+    with strategy.scope():  # so the calibrated model predicts on every replica, as the fitted one
+        model, calibration, validation_p = calibrate(
+            model, split.by_split["validation"], evaluation["validation"], config.calibration
+        )
     threshold, rule = decision_threshold(split.by_split["validation"], validation_p)
     test_p = predict(model, evaluation["test"])
     report = evaluation_report(split.by_split["test"], test_p, threshold)
