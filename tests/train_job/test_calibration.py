@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -15,8 +16,29 @@ from model.constants import CALIBRATED_LOGIT_LAYER, LOGIT_LAYER
 from model.metrics import choose_threshold
 from model.model_card import load_exported_model, read_model_card
 from model.preprocessing import normalize, preprocess_image
-from tests.train_job.test_train import tiny_config
+from tests.train_job.test_train import SHARED_RUN, tiny_config
 from train_job.train import train
+
+
+@pytest.fixture(scope="module")
+def calibrated(synthetic_data_dir, tmp_path_factory):
+    """A tiny run with a fitted T: (result, export folder).
+
+    The shared run's validation logits separate the classes, so its T stays 1. Here every
+    patient, benign or malignant, also holds one and the same tile: whichever patients the
+    split sends to validation, that tile is there under both labels with one logit, so no
+    logit separates the classes and a finite T minimises the log-loss.
+    """
+    root = tmp_path_factory.mktemp("calibrated")
+    data_dir = root / "data"
+    shutil.copytree(synthetic_data_dir, data_dir)
+    shared_tile = sorted(data_dir.rglob("*.png"))[0].read_bytes()
+    for folder in sorted({path.parent for path in data_dir.rglob("*.png")}):
+        name = sorted(folder.glob("*.png"))[0].name  # SOB_..-<MAG>-<SEQ>.png
+        (folder / (name.rsplit("-", 1)[0] + "-999.png")).write_bytes(shared_tile)
+    result = train(tiny_config(data_dir, root / "export", **SHARED_RUN))
+    assert read_model_card(str(root / "export")).calibration["fitted"]
+    return result, root / "export"
 
 
 def split_inputs(output_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -33,8 +55,8 @@ def logits_and_output(model: keras.Model, images: np.ndarray) -> tuple[np.ndarra
     return logits, np.asarray(model.predict(images, verbose=0), np.float64).ravel()
 
 
-def test_the_card_records_the_temperature_and_the_validation_calibration(trained):
-    _, output_dir = trained
+def test_the_card_records_the_temperature_and_the_validation_calibration(calibrated):
+    _, output_dir = calibrated
     card = read_model_card(str(output_dir))
     calibration = card.calibration
     assert card.logit_layer == CALIBRATED_LOGIT_LAYER
@@ -59,10 +81,10 @@ def test_the_card_records_the_temperature_and_the_validation_calibration(trained
     assert raw["temperature"] == card.temperature and "NaN" not in json.dumps(raw)
 
 
-def test_both_exported_models_output_the_sigmoid_of_the_logit_over_t(trained):
+def test_both_exported_models_output_the_sigmoid_of_the_logit_over_t(calibrated):
     import tensorflow as tf
 
-    _, output_dir = trained
+    _, output_dir = calibrated
     model, card = load_exported_model(str(output_dir))
     assert model.get_layer(CALIBRATED_LOGIT_LAYER).scale == pytest.approx(1.0 / card.temperature)
     pixels = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
@@ -76,8 +98,8 @@ def test_both_exported_models_output_the_sigmoid_of_the_logit_over_t(trained):
     )
 
 
-def test_the_threshold_and_the_test_metrics_use_calibrated_scores(trained):
-    _, output_dir = trained
+def test_the_threshold_and_the_test_metrics_use_calibrated_scores(calibrated):
+    _, output_dir = calibrated
     model, card = load_exported_model(str(output_dir))
     images, labels = split_inputs(output_dir, "validation")
     logits, _ = logits_and_output(model, images)
@@ -91,10 +113,10 @@ def test_the_threshold_and_the_test_metrics_use_calibrated_scores(trained):
     assert pooled["brier"] == pytest.approx(float(np.mean((test_p - labels) ** 2)), abs=1e-6)
 
 
-def test_gradcam_with_the_cards_logit_layer_scores_like_the_model(trained):
+def test_gradcam_with_the_cards_logit_layer_scores_like_the_model(calibrated):
     from model.gradcam import gradcam_model, predict_with_gradcam
 
-    _, output_dir = trained
+    _, output_dir = calibrated
     model, card = load_exported_model(str(output_dir))
     images, _ = split_inputs(output_dir, "test")
     grad_model = gradcam_model(model, card.last_conv_layer, card.logit_layer)
@@ -108,10 +130,10 @@ def test_gradcam_with_the_cards_logit_layer_scores_like_the_model(trained):
     np.testing.assert_allclose(calibrated, uncalibrated, atol=1e-5)
 
 
-def test_metrics_plots_and_report_show_calibration(trained):
+def test_metrics_plots_and_report_show_calibration(calibrated):
     from PIL import Image
 
-    _, output_dir = trained
+    _, output_dir = calibrated
     metrics = json.loads((output_dir / "metrics.json").read_text())
     for block in [
         metrics["image_level"]["pooled"],
