@@ -1,23 +1,30 @@
 """The classifier: a VGG16 convolutional base and a small dense head with one malignant output.
 
 The VGG16 layers are built in the classifier's own (top-level) graph rather than nested as a
-sub-model, so `block5_conv3` and the pre-sigmoid `logit` layer are reachable by name for
-Grad-CAM and for fine-tuning from a given block.
+sub-model, so `block5_conv3`, the trained `logit` and the `calibrated_logit` (logit / T) layers
+are reachable by name for Grad-CAM, for fine-tuning from a given block and for calibration.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 
 import keras
 
 from model import storage
-from model.constants import LOGIT_LAYER, MIN_IMAGE_SIZE, PROBABILITY_LAYER
+from model.constants import (
+    CALIBRATED_LOGIT_LAYER,
+    LOGIT_LAYER,
+    MIN_IMAGE_SIZE,
+    PROBABILITY_LAYER,
+)
 
 logger = logging.getLogger(__name__)
 
+MODEL_NAME = "breakhis_vgg16"
 IMAGENET_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + IMAGENET_WEIGHTS_FILE
@@ -45,7 +52,8 @@ def build_classifier(
     dense_units: int = 256,
     dropout: float = 0.5,
 ) -> keras.Model:
-    """VGG16 base -> Flatten -> Dense(relu) -> BatchNorm -> Dropout -> logit -> sigmoid.
+    """VGG16 base -> Flatten -> Dense(relu) -> BatchNorm -> Dropout -> logit -> logit / T ->
+    sigmoid, with T = 1 until `with_temperature` sets the fitted one.
 
     weights: "imagenet" (Keras download and cache), "none"/None (random init), or a path, local
     or `gs://`, to a Keras VGG16 no-top weights file (.h5 or .weights.h5).
@@ -63,9 +71,28 @@ def build_classifier(
     x = keras.layers.BatchNormalization(momentum=0.9, name="head_batchnorm")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     logit = keras.layers.Dense(1, name=LOGIT_LAYER)(x)
-    # float32 output even under mixed precision, so probabilities are not rounded to float16.
-    probability = keras.layers.Activation("sigmoid", dtype="float32", name=PROBABILITY_LAYER)(logit)
-    return keras.Model(inputs, probability, name="breakhis_vgg16")
+    return keras.Model(inputs, _calibrated_probability(logit, 1.0), name=MODEL_NAME)
+
+
+def _calibrated_probability(logit: keras.KerasTensor, temperature: float) -> keras.KerasTensor:
+    """sigmoid(logit / T) from built-in layers only, so safe-mode loading needs no custom code."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number above 0, got {temperature}")
+    # float32 even under mixed precision, so probabilities are not rounded to float16.
+    calibrated = keras.layers.Rescaling(
+        1.0 / temperature, dtype="float32", name=CALIBRATED_LOGIT_LAYER
+    )(logit)
+    return keras.layers.Activation("sigmoid", dtype="float32", name=PROBABILITY_LAYER)(calibrated)
+
+
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """The classifier with its logit divided by `temperature` before the sigmoid.
+
+    The new model shares every trained layer (and so every weight) of `model` up to its logit;
+    only the parameter-free calibration and sigmoid layers are new.
+    """
+    logit = model.get_layer(LOGIT_LAYER).output
+    return keras.Model(model.input, _calibrated_probability(logit, temperature), name=model.name)
 
 
 def _vgg16_base(inputs: keras.KerasTensor, weights: str | None) -> keras.Model:

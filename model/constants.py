@@ -13,7 +13,10 @@ MIN_IMAGE_SIZE = 32  # VGG16's five 2x2 poolings need at least 32 pixels a side.
 MAX_IMAGE_SIZE = 512
 
 LAST_CONV_LAYER = "block5_conv3"
-LOGIT_LAYER = "logit"
+LOGIT_LAYER = "logit"  # the trained logit, before calibration
+# logit / T (temperature scaling): Grad-CAM's score in exports with calibration, so its
+# sigmoid equals the model's output. Exports made before calibration name LOGIT_LAYER instead.
+CALIBRATED_LOGIT_LAYER = "calibrated_logit"
 PROBABILITY_LAYER = "p_malignant"
 
 MAGNIFICATIONS: tuple[str, ...] = ("40X", "100X", "200X", "400X")

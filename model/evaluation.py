@@ -1,5 +1,5 @@
 """The evaluation report of both jobs: metrics pooled and per magnification, per image and per
-patient, beside the majority baseline; and the per-patient table.
+patient, beside the majority baseline; the pooled reliability bins; and the per-patient table.
 
 The training job builds it exactly from arrays (`evaluate`); the scoring pipeline from streaming
 parts (`report_from_summaries`): `model.metrics.StreamingSummary` accumulators and per-patient
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from model.calibration import BINNING, ReliabilityTally
 from model.constants import MAGNIFICATIONS
 from model.labels import label_name, majority_index, predicted_index, predicted_label
 from model.metrics import (
@@ -115,6 +116,8 @@ def report_from_summaries(
         image_baseline = majority_baseline_from_counts(image["n_benign"], image["n_malignant"])
         counts = {"images": image["n"], "patients": len(key_rows)}
         _place(report, key, image, patient, image_baseline, patient_baseline, counts)
+    pooled = image_summaries.get("pooled") or StreamingSummary(threshold)
+    report["reliability"]["pooled"] = pooled.reliability.bins()
     return report
 
 
@@ -128,6 +131,8 @@ def _empty_report(threshold: float) -> dict[str, Any]:
         "patient_level": section(),
         "baseline": {"image_level": section(), "patient_level": section()},
         "counts": {"images": 0, "patients": 0, "by_magnification": {}},
+        # Per bin of P(malignant): images, mean p and fraction malignant (image level, pooled).
+        "reliability": {"binning": BINNING, "pooled": ReliabilityTally().bins()},
     }
 
 
@@ -179,6 +184,9 @@ def evaluate(records: Iterable[Mapping[str, Any]], threshold: float) -> dict[str
         patient, patient_baseline = _patient_level(key_rows, threshold)
         counts = {"images": len(members), "patients": len(set(ids))}
         _place(report, key, image, patient, majority_baseline(labels), patient_baseline, counts)
+    labels = [int(r["label"]) for r in records]
+    scores = [float(r["p_malignant"]) for r in records]
+    report["reliability"]["pooled"] = ReliabilityTally.from_scores(labels, scores).bins()
     return report
 
 

@@ -1,10 +1,11 @@
 """Binary metrics (malignant positive), exact and streaming, and the validation threshold rule.
 
 `binary_metrics` computes them exactly from arrays. The scoring pipeline cannot hold every score
-in memory, so it folds images into `StreamingSummary` accumulators (fixed-size score histograms
-plus exact counts at the threshold) whose `metrics()` has the same keys; `model.evaluation`
-builds the report of both jobs from either. Undefined values are `None`, never NaN, so reports
-are valid JSON; every number is a plain Python int or float.
+in memory, so it folds images into `StreamingSummary` accumulators (fixed-size score histograms,
+exact counts at the threshold and the reliability tally of `model.calibration`) whose
+`metrics()` has the same keys; `model.evaluation` builds the report of both jobs from either.
+Undefined values are `None`, never NaN, so reports are valid JSON; every number is a plain
+Python int or float.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from model.calibration import ReliabilityTally
 from model.labels import label_name, majority_index, predicted_index
 
 METRIC_NAMES: tuple[str, ...] = (
@@ -28,6 +30,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "roc_auc",
     "pr_auc",
     "brier",
+    "ece",
 )
 N_BINS = 40_000
 LOGIT_LIMIT = 16.0
@@ -39,7 +42,7 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 
 def _metrics_from_confusion(tn: int, fp: int, fn: int, tp: int) -> dict[str, Any]:
-    """Threshold-dependent metrics and counts; AUCs and Brier are left None for the caller."""
+    """Threshold-dependent metrics and counts; AUCs, Brier and ECE are left None for the caller."""
     tn, fp, fn, tp = int(tn), int(fp), int(fn), int(tp)
     sensitivity = _ratio(tp, tp + fn)
     specificity = _ratio(tn, tn + fp)
@@ -58,6 +61,7 @@ def _metrics_from_confusion(tn: int, fp: int, fn: int, tp: int) -> dict[str, Any
         "roc_auc": None,
         "pr_auc": None,
         "brier": None,
+        "ece": None,
         "n": tn + fp + fn + tp,
         "n_benign": tn + fp,
         "n_malignant": fn + tp,
@@ -92,6 +96,7 @@ def binary_metrics(
     result = _metrics_from_confusion(tn, fp, fn, tp)
     if y.size:
         result["brier"] = float(np.mean((p - y) ** 2))
+        result["ece"] = ReliabilityTally.from_scores(y, p).ece()
     if tp + fn and tn + fp:
         result["roc_auc"] = float(roc_auc_score(y, p))
         result["pr_auc"] = float(average_precision_score(y, p))
@@ -126,6 +131,8 @@ def majority_baseline_from_counts(n_benign: int, n_malignant: int) -> dict[str, 
     if n:
         # Score 1.0 is wrong by 1 on every benign image, score 0.0 on every malignant one.
         result["brier"] = (n_benign if predicts_malignant else n_malignant) / n
+        # The constant score fills one reliability bin, off by the share of the other class.
+        result["ece"] = result["brier"]
     if n_benign and n_malignant:
         # All scores tie: the ROC is the diagonal and the only PR point is (recall 1, prevalence).
         result["roc_auc"] = 0.5
@@ -206,6 +213,7 @@ class StreamingSummary:
         default_factory=lambda: np.zeros(N_BINS, dtype=np.int64)
     )
     brier_sum: float = 0.0
+    reliability: ReliabilityTally = dataclasses.field(default_factory=ReliabilityTally)
     tp: int = 0
     fp: int = 0
     tn: int = 0
@@ -222,10 +230,10 @@ class StreamingSummary:
             setattr(self, name, counts)
 
     def add(self, label: int, p: float) -> StreamingSummary:
-        """Count one image with label 0/1 and score p; returns self."""
+        """Count one image with label 0/1 and score p in [0, 1]; returns self."""
         label, p = int(label), float(p)
-        if label not in (0, 1) or p != p:
-            raise ValueError(f"need label 0/1 and a numeric score, got {label}, {p}")
+        if label not in (0, 1) or not 0.0 <= p <= 1.0:  # NaN fails the comparison too
+            raise ValueError(f"need label 0/1 and a score in [0, 1], got {label}, {p}")
         index = int(score_bins([p])[0])
         predicted = bool(predicted_index(p, self.threshold))
         if label:
@@ -237,6 +245,7 @@ class StreamingSummary:
             self.fp += predicted
             self.tn += not predicted
         self.brier_sum += (p - label) ** 2
+        self.reliability.add(label, p)
         return self
 
     def merge(self, other: StreamingSummary) -> StreamingSummary:
@@ -246,6 +255,7 @@ class StreamingSummary:
         self.positive_counts += other.positive_counts
         self.negative_counts += other.negative_counts
         self.brier_sum += other.brier_sum
+        self.reliability.merge(other.reliability)
         self.tp += other.tp
         self.fp += other.fp
         self.tn += other.tn
@@ -270,6 +280,7 @@ class StreamingSummary:
         result = _metrics_from_confusion(self.tn, self.fp, self.fn, self.tp)
         if self.n:
             result["brier"] = self.brier_sum / self.n
+            result["ece"] = self.reliability.ece()
         n_pos, n_neg = int(self.positive_counts.sum()), int(self.negative_counts.sum())
         if n_pos and n_neg:
             pos, neg, tp, fp = self._cumulative()

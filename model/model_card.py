@@ -4,7 +4,9 @@ A training export is a folder holding `model.keras`, `saved_model/` and `model_c
 card carries everything a scorer needs besides the weights: class names, image size,
 preprocessing, decision threshold, the layer names Grad-CAM uses and the training images' sizes
 (the input quality control's `unexpected_size` check; cards made before it have none, and a
-scorer then skips that check).
+scorer then skips that check). The calibration temperature is built into the network; the card
+records it (`temperature`, 1 in exports made before calibration, whose Grad-CAM layer is the
+uncalibrated `logit`) and how it was fitted.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 
 from model import storage
 from model.constants import (
+    CALIBRATED_LOGIT_LAYER,
     CLASS_NAMES,
     LAST_CONV_LAYER,
-    LOGIT_LAYER,
     MODEL_CARD_FILE,
     MODEL_FILE,
     SAVED_MODEL_DIR,
@@ -39,7 +41,7 @@ class ModelCard:
     threshold_rule: str = "fixed at 0.5"
     class_names: list[str] = dataclasses.field(default_factory=lambda: list(CLASS_NAMES))
     last_conv_layer: str = LAST_CONV_LAYER
-    logit_layer: str = LOGIT_LAYER
+    logit_layer: str = CALIBRATED_LOGIT_LAYER
     preprocessing: dict[str, Any] = dataclasses.field(
         default_factory=lambda: default_preprocessing()
     )
@@ -48,6 +50,8 @@ class ModelCard:
     training_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     data_summary: dict[str, Any] = dataclasses.field(default_factory=dict)
     test_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    temperature: float = 1.0  # the network divides its logit by this before the sigmoid
+    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     created_at: str = ""
     format_version: int = FORMAT_VERSION

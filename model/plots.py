@@ -25,11 +25,13 @@ Curve = tuple[np.ndarray, np.ndarray, float | None]
 ROC_PLOT = "plots/roc.png"
 PR_PLOT = "plots/pr.png"
 CONFUSION_MATRIX_PLOT = "plots/confusion_matrix.png"
+RELIABILITY_PLOT = "plots/reliability.png"
 TRAINING_CURVES_PLOT = "plots/training_curves.png"
 EVALUATION_PLOTS: dict[str, str] = {
     "ROC": ROC_PLOT,
     "Precision-recall": PR_PLOT,
     "Confusion matrix": CONFUSION_MATRIX_PLOT,
+    "Reliability": RELIABILITY_PLOT,
 }
 """Caption -> file of the evaluation plots, as report.html shows them."""
 _DPI = 100
@@ -130,6 +132,46 @@ def confusion_matrix_png(
     axes.set_yticks(ticks, labels=list(class_names))
     axes.set(xlabel="Predicted", ylabel="True", title=title)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of true class")
+    return _to_png(figure)
+
+
+def reliability_png(
+    bins: Sequence[Mapping[str, object]], ece: float | None, title: str = "Reliability"
+) -> bytes:
+    """Reliability diagram: fraction malignant against mean P(malignant) per bin, over the
+    diagonal of perfect calibration, with the images per bin below.
+
+    bins are metrics.json's `reliability.pooled` entries (lower, upper, count, mean_p,
+    fraction_malignant), so both jobs draw the figure from the numbers they report.
+    """
+    figure, (curve, histogram) = plt.subplots(
+        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": (3, 1)}
+    )
+    curve.plot(
+        [0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated"
+    )
+    filled = [b for b in bins if b["count"]]
+    if filled:
+        label = f"model (ECE {'n/a' if ece is None else f'{ece:.3f}'})"
+        curve.plot(
+            [b["mean_p"] for b in filled],
+            [b["fraction_malignant"] for b in filled],
+            marker="o",
+            linewidth=1.5,
+            label=label,
+        )
+    else:
+        curve.text(0.5, 0.5, "no images", ha="center", va="center", transform=curve.transAxes)
+    _unit_square(curve, title, "", "Fraction malignant", "upper left")
+    lower = np.array([float(b["lower"]) for b in bins])
+    upper = np.array([float(b["upper"]) for b in bins])
+    histogram.bar(
+        lower, [int(b["count"]) for b in bins], width=upper - lower, align="edge", edgecolor="white"
+    )
+    histogram.set(xlim=(0, 1), xlabel="P(malignant)", ylabel="Images")
+    histogram.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
+    histogram.grid(alpha=0.3)
+    figure.tight_layout()
     return _to_png(figure)
 
 

@@ -87,13 +87,18 @@ def write_metrics(
             plots.CONFUSION_MATRIX_PLOT,
             plots.confusion_matrix_png(pooled_metrics["confusion_matrix"]),
         ),
+        (
+            plots.RELIABILITY_PLOT,
+            plots.reliability_png(report["reliability"]["pooled"], pooled_metrics["ece"]),
+        ),
     ):
         storage.write_bytes(storage.join(output_dir, *relative.split("/")), png)
     logger.info(
-        "Metrics over %d labelled images: accuracy %s, ROC AUC %s",
+        "Metrics over %d labelled images: accuracy %s, ROC AUC %s, ECE %s",
         pooled_metrics["n"],
         pooled_metrics["accuracy"],
         pooled_metrics["roc_auc"],
+        pooled_metrics["ece"],
     )
     return report
 

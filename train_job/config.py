@@ -14,6 +14,7 @@ import typing
 from typing import Any
 
 from model import storage
+from model.calibration import TEMPERATURE
 from model.constants import DEFAULT_IMAGE_SIZE, MAGNIFICATIONS
 from model.storage import DEFAULT_MAX_FILE_MB
 
@@ -68,6 +69,12 @@ class TrainConfig:
     seed: int = flag(42, "Seed of the split, initialisation, shuffling and augmentation")
     patience: int = flag(
         5, "Early-stopping patience in epochs (on validation AUC; best weights restored)"
+    )
+    calibration: str = flag(
+        TEMPERATURE,
+        "Calibration of P(malignant) after the fit, before the threshold is chosen: "
+        "'temperature' (one temperature T fitted on the validation split, built into the "
+        "exported model) or 'none' (T = 1)",
     )
     mixed_precision: bool = flag(False, "Train in mixed float16 (GPUs)")
     cache: bool = flag(True, "Cache decoded images in memory across epochs", result=False)
@@ -150,7 +157,7 @@ def normalized(config: TrainConfig) -> TrainConfig:
     """The same settings written one way, so a rerun compares equal to its first run.
 
     Local paths become absolute, magnifications are deduplicated in their canonical order, and
-    the keywords of --weights and --fine_tune_from are lower-cased.
+    the keywords of --weights, --fine_tune_from and --calibration are lower-cased.
     """
     weights = config.weights.strip()
     if weights.lower() in ("imagenet", "none"):
@@ -166,6 +173,7 @@ def normalized(config: TrainConfig) -> TrainConfig:
         + tuple(sorted(set(config.magnifications) - set(MAGNIFICATIONS))),
         weights=weights,
         fine_tune_from=fine_tune_from,
+        calibration=config.calibration.strip().lower(),
     )
 
 

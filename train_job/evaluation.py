@@ -1,4 +1,4 @@
-"""Evaluate the trained classifier on a split: predictions, metrics.json and plots."""
+"""Calibrate the trained classifier on validation, evaluate it on a split: metrics.json, plots."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import numpy as np
 import tensorflow as tf
 
 from model import plots
-from model.constants import CLASS_NAMES
+from model.architecture import with_temperature
+from model.calibration import TemperatureFit, calibrated_probability, fit_temperature
+from model.constants import CLASS_NAMES, LOGIT_LAYER
 from model.evaluation import evaluate
 from model.labels import label_index
 from model.metrics import choose_threshold
@@ -24,6 +26,26 @@ MIN_VALIDATION_PATIENTS = 3
 def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
     """P(malignant) for every element of an unshuffled dataset, in order."""
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+
+
+def predict_logits(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
+    """The trained (uncalibrated) logit of every element of an unshuffled dataset, in order."""
+    logit_model = keras.Model(model.input, model.get_layer(LOGIT_LAYER).output)
+    return np.asarray(logit_model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+
+
+def calibrate(
+    model: keras.Model, rows: Sequence[dict], dataset: tf.data.Dataset, method: str
+) -> tuple[keras.Model, TemperatureFit, np.ndarray]:
+    """Fit the temperature on the validation split: (the classifier with T built in, the fit,
+    the calibrated validation P(malignant) in split order)."""
+    logits = predict_logits(model, dataset)
+    fit = fit_temperature([label_index(row["label"]) for row in rows], logits, method)
+    return (
+        with_temperature(model, fit.temperature),
+        fit,
+        calibrated_probability(logits, fit.temperature),
+    )
 
 
 def decision_threshold(rows: Sequence[dict], p_malignant: np.ndarray) -> tuple[float, str]:
@@ -92,6 +114,11 @@ def plot_files(rows: Sequence[dict], p_malignant: np.ndarray, report: dict) -> d
         plots.CONFUSION_MATRIX_PLOT: plots.confusion_matrix_png(
             report["image_level"]["pooled"]["confusion_matrix"],
             title="Confusion matrix, test split",
+        ),
+        plots.RELIABILITY_PLOT: plots.reliability_png(
+            report["reliability"]["pooled"],
+            report["image_level"]["pooled"]["ece"],
+            title="Reliability, test split",
         ),
     }
 

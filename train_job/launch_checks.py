@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from model import storage
+from model.calibration import CALIBRATION_METHODS
 from model.constants import MAGNIFICATIONS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from model.naming import parse_breakhis_name
 from train_job.config import TrainConfig
@@ -60,6 +61,10 @@ def _flag_problems(c: TrainConfig):
     if c.fine_tune_from.lower() not in (*VGG16_BLOCKS, "none"):
         yield f"--fine_tune_from must be one of {', '.join(VGG16_BLOCKS)} or none, got " + repr(
             c.fine_tune_from
+        )
+    if c.calibration.strip().lower() not in CALIBRATION_METHODS:
+        yield f"--calibration must be one of {', '.join(CALIBRATION_METHODS)}, got " + repr(
+            c.calibration
         )
     yield from _split_problems(c)
     yield _weights_problem(c.weights)

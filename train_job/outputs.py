@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model.calibration import TemperatureFit
+from model.constants import CALIBRATED_LOGIT_LAYER
 from model.labels import label_name
 from model.model_card import ModelCard
 from model.naming import printable_path
@@ -51,6 +53,7 @@ class TrainingOutcome:
     global_batch: int
     class_weights: dict[int, float]
     test_p: np.ndarray
+    calibration: TemperatureFit
 
 
 def write_outputs(
@@ -80,6 +83,7 @@ def write_outputs(
         _report_summary(config, card, outcome),
         _report_notes(config, outcome),
         max_bytes=max_bytes_from_mb(config.max_file_mb),
+        logit_layer=card.logit_layer,
     )
     write_card(card, work_dir)
     logger.info("Wrote the export's files and, last, its card into %s", work_dir)
@@ -102,6 +106,9 @@ def model_card(config: TrainConfig, outcome: TrainingOutcome) -> ModelCard:
         threshold=float(outcome.threshold),
         threshold_rule=outcome.threshold_rule,
         training_image_sizes=quality.card_sizes(),
+        logit_layer=CALIBRATED_LOGIT_LAYER,
+        temperature=outcome.calibration.temperature,
+        calibration=outcome.calibration.card_entry(),
         training_config={
             **dataclasses.asdict(config),
             "replicas": outcome.replicas,
@@ -162,6 +169,8 @@ def _report_summary(config: TrainConfig, card: ModelCard, outcome: TrainingOutco
         "weights": printable_path(config.weights),
         "replicas": outcome.replicas,
         "threshold": round(float(outcome.threshold), 4),
+        "calibration": config.calibration,
+        "temperature": round(outcome.calibration.temperature, 4),
     }
 
 
@@ -176,6 +185,27 @@ def _report_notes(config: TrainConfig, outcome: TrainingOutcome) -> list[str]:
         "specimen (slide id without section letters), so no patient is on two sides.",
         f"Decision threshold {outcome.threshold:.4f}: {outcome.threshold_rule}",
     ]
+    notes.append(_calibration_note(outcome.calibration))
     if config.weights == "none":
         notes.append("Trained without ImageNet weights (random initialisation).")
     return notes
+
+
+def _calibration_note(fit: TemperatureFit) -> str:
+    """One sentence on the temperature and the validation split's calibration before and after."""
+
+    def shown(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    if fit.fitted:
+        text = f"Probabilities are calibrated by temperature scaling: T = {fit.temperature:.4f}"
+    else:
+        text = f"Probabilities are not calibrated (T = 1): {fit.note}"
+    text += (
+        f"; on the {fit.validation_images} validation images, log-loss "
+        f"{shown(fit.log_loss_before)} -> {shown(fit.log_loss_after)} and ECE "
+        f"{shown(fit.ece_before)} -> {shown(fit.ece_after)} (uncalibrated -> as exported)."
+    )
+    if fit.fitted and fit.note:
+        text += f" Caution: {fit.note}."
+    return text

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from model import storage
+from model.constants import CALIBRATED_LOGIT_LAYER
 from model.evaluation import PATIENT_COLUMNS, patient_rows_from_records, patient_table
 from model.gradcam import gradcam_model, predict_with_gradcam
 from model.html_report import GalleryItem, render_report, select_gallery
@@ -62,8 +63,13 @@ def write_training_report(
     summary: dict,
     notes: Sequence[str] = (),
     max_bytes: int = storage.DEFAULT_MAX_BYTES,
+    logit_layer: str = CALIBRATED_LOGIT_LAYER,
 ) -> str:
-    """Compute Grad-CAM for the gallery's test images and write report.html into work_dir."""
+    """Compute Grad-CAM for the gallery's test images and write report.html into work_dir.
+
+    logit_layer is the card's: its sigmoid is the model's (calibrated) output, so each map
+    explains the class the threshold gives.
+    """
     rows = prediction_rows(split_rows, p_malignant, threshold)
     selected = select_gallery(rows)
     chosen = [(category, row) for category, picks in selected.items() for row in picks]
@@ -75,7 +81,8 @@ def write_training_report(
         ]
         batch = np.stack([model_input for model_input, _ in prepared])
         originals = [original for _, original in prepared]
-        _, heatmaps = predict_with_gradcam(gradcam_model(model), batch, threshold)
+        grad_model = gradcam_model(model, logit_layer=logit_layer)
+        _, heatmaps = predict_with_gradcam(grad_model, batch, threshold)
         os.makedirs(os.path.join(work_dir, REPORT_ASSETS_DIR), exist_ok=True)
         for index, ((category, row), original, heatmap) in enumerate(
             zip(chosen, originals, heatmaps, strict=True)

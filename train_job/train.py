@@ -2,7 +2,8 @@
 
 The steps, in order: check the flags; settle what the output folder already holds (restart,
 complete export, checkpoints); discover and split the data; fit (resuming from checkpoints);
-choose the threshold on validation and evaluate on test; write the export, card last.
+fit the calibration temperature on validation, choose the threshold on the calibrated validation
+scores and evaluate on test; write the export (T built into the model), card last.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from train_job.checkpoint import Checkpoints
 from train_job.config import TrainConfig, normalized, result_settings
 from train_job.dataset import class_weights_for, evaluation_dataset, training_stream
 from train_job.distribute import choose_strategy, is_chief
-from train_job.evaluation import decision_threshold, evaluation_report, predict
+from train_job.evaluation import calibrate, decision_threshold, evaluation_report, predict
 from train_job.export import HISTORY_FILE, LOG_DIR, publish
 from train_job.fit import fit_phases
 from train_job.launch_checks import check_flags
@@ -114,7 +115,8 @@ def _train(config, strategy, restart, callbacks) -> TrainResult:
 
 
 def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks):
-    """Build and fit the model, choose the threshold on validation, evaluate on test."""
+    """Build and fit the model; calibrate it and choose the threshold on validation; evaluate
+    the calibrated model on test. Returns the calibrated model and the outcome."""
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     logger.info("Global batch %d (%d per replica x %d)", global_batch, config.batch_size, replicas)
@@ -134,9 +136,11 @@ def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks)
         storage.join(work_dir, LOG_DIR),
         callbacks,
     )
-    threshold, rule = decision_threshold(
-        split.by_split["validation"], predict(model, evaluation["validation"])
-    )
+    with strategy.scope():  # so the calibrated model predicts on every replica, as the fitted one
+        model, calibration, validation_p = calibrate(
+            model, split.by_split["validation"], evaluation["validation"], config.calibration
+        )
+    threshold, rule = decision_threshold(split.by_split["validation"], validation_p)
     test_p = predict(model, evaluation["test"])
     report = evaluation_report(split.by_split["test"], test_p, threshold)
     _log_headline(report)
@@ -153,6 +157,7 @@ def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks)
         global_batch=global_batch,
         class_weights=class_weights,
         test_p=test_p,
+        calibration=calibration,
     )
     return model, outcome
 

@@ -6,8 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from model.architecture import WeightsUnavailableError, build_classifier, conv_block_names
-from model.constants import LAST_CONV_LAYER, LOGIT_LAYER
+from model.architecture import (
+    WeightsUnavailableError,
+    build_classifier,
+    conv_block_names,
+    with_temperature,
+)
+from model.constants import CALIBRATED_LOGIT_LAYER, LAST_CONV_LAYER, LOGIT_LAYER
 
 IMAGE_SIZE = 32
 
@@ -40,7 +45,7 @@ def test_output_is_sigmoid_of_the_reachable_logit_layer(classifier):
     np.testing.assert_allclose(1.0 / (1.0 + np.exp(-logits)), probabilities, atol=1e-6)
 
 
-def test_head_is_flatten_dense_relu_batchnorm_dropout_logit(classifier):
+def test_head_is_flatten_dense_relu_batchnorm_dropout_logit_then_calibration(classifier):
     names = [layer.name for layer in classifier.layers]
     head = classifier.layers[names.index(LAST_CONV_LAYER) + 2 :]  # after block5_pool
     kinds = [type(layer) for layer in head]
@@ -50,12 +55,47 @@ def test_head_is_flatten_dense_relu_batchnorm_dropout_logit(classifier):
         keras.layers.BatchNormalization,
         keras.layers.Dropout,
         keras.layers.Dense,
+        keras.layers.Rescaling,
         keras.layers.Activation,
     ]
     assert head[1].activation is keras.activations.relu
     assert head[1].units == 8
     assert head[4].name == LOGIT_LAYER and head[4].units == 1
     assert head[4].activation is keras.activations.linear
+    # Untrained, the calibration layer is the identity (T = 1).
+    assert head[5].name == CALIBRATED_LOGIT_LAYER and head[5].scale == 1.0 and head[5].offset == 0
+
+
+def test_with_temperature_divides_the_trained_logit_and_shares_every_weight(classifier, tmp_path):
+    calibrated = with_temperature(classifier, 2.5)
+    assert [layer.name for layer in calibrated.layers] == [
+        layer.name for layer in classifier.layers
+    ]
+    assert calibrated.get_layer(LOGIT_LAYER) is classifier.get_layer(LOGIT_LAYER)
+    images = _images(4)
+    logit_model = keras.Model(classifier.input, classifier.get_layer(LOGIT_LAYER).output)
+    logits = np.asarray(logit_model(images, training=False), dtype=np.float64).ravel()
+    expected = 1.0 / (1.0 + np.exp(-logits / 2.5))
+    np.testing.assert_allclose(np.ravel(calibrated(images, training=False)), expected, atol=1e-6)
+    # Built-in layers only: the archive loads in safe mode and gives the same scores.
+    path = tmp_path / "calibrated.keras"
+    calibrated.save(path)
+    reloaded = keras.models.load_model(path, compile=False, safe_mode=True)
+    np.testing.assert_allclose(np.ravel(reloaded(images, training=False)), expected, atol=1e-6)
+    calibrated_logit = keras.Model(
+        reloaded.input, reloaded.get_layer(CALIBRATED_LOGIT_LAYER).output
+    )
+    np.testing.assert_allclose(
+        np.ravel(calibrated_logit(images, training=False)), logits / 2.5, rtol=1e-5, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
+def test_with_temperature_refuses_a_temperature_that_is_not_positive_and_finite(
+    classifier, temperature
+):
+    with pytest.raises(ValueError, match="temperature must be a finite number above 0"):
+        with_temperature(classifier, temperature)
 
 
 def test_conv_block_names_lists_the_five_vgg16_blocks_in_order(classifier):

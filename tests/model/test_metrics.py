@@ -53,6 +53,9 @@ def summary_state(summary: StreamingSummary) -> tuple:
         tuple(summary.positive_counts.tolist()),
         tuple(summary.negative_counts.tolist()),
         summary.brier_sum,
+        tuple(summary.reliability.counts.tolist()),
+        tuple(summary.reliability.p_sums.tolist()),
+        tuple(summary.reliability.positives.tolist()),
         (summary.tp, summary.fp, summary.tn, summary.fn),
     )
 
@@ -112,6 +115,12 @@ def _assert_reports_agree(exact, streamed, path="report"):
         assert list(exact) == list(streamed), path
         for key in exact:
             _assert_reports_agree(exact[key], streamed[key], f"{path}.{key}")
+    elif isinstance(exact, list) and exact and isinstance(exact[0], dict):
+        assert len(exact) == len(streamed), path
+        for index, (one, other) in enumerate(zip(exact, streamed, strict=True)):
+            _assert_reports_agree(one, other, f"{path}[{index}]")
+    elif path.endswith(("ece", "mean_p")) and exact is not None:
+        assert streamed == pytest.approx(exact, rel=1e-12, abs=1e-12), path
     elif path.endswith(("roc_auc", "pr_auc")) and exact is not None:
         assert streamed == pytest.approx(exact, abs=1e-3), path
     elif path.endswith("brier") and exact is not None:
@@ -200,6 +209,7 @@ def test_majority_baseline_predicts_the_majority_class_with_constant_score():
     assert result["roc_auc"] == 0.5
     assert result["pr_auc"] == pytest.approx(0.75)
     assert result["brier"] == pytest.approx(0.25)
+    assert result["ece"] == pytest.approx(0.25)  # one bin: p = 1 against 3/4 malignant
 
     benign = majority_baseline([0, 0, 1])
     assert benign["predicts"] == "benign"
@@ -288,6 +298,24 @@ def test_streaming_metrics_agree_with_exact_metrics_on_random_data():
     assert streamed["roc_auc"] == pytest.approx(exact["roc_auc"], abs=1e-3)
     assert streamed["pr_auc"] == pytest.approx(exact["pr_auc"], abs=1e-3)
     assert streamed["brier"] == pytest.approx(exact["brier"], abs=1e-9)
+    assert streamed["ece"] == pytest.approx(exact["ece"], abs=1e-12)
+
+
+def test_streaming_ece_from_merged_partial_summaries_equals_the_exact_ece():
+    from pipelines.rows import P_DECIMALS
+    from tests.pipelines.helpers import sklearn_ece
+
+    # Scores as the scorer writes and aggregates them, rounded to P_DECIMALS; 0.4 and 0.6 sit
+    # exactly on bin edges (6/15 and 9/15), 0 and 1 at the ends.
+    rng = np.random.default_rng(12)
+    p = np.round(np.concatenate([rng.beta(0.6, 0.6, 2000), [0.0, 0.4, 0.6, 1.0]]), P_DECIMALS)
+    y = (rng.uniform(size=p.size) < np.clip(1.4 * p - 0.2, 0, 1)).astype(int)
+    parts = [summary_of(0.5, y[a:b], p[a:b]) for a, b in ((0, 700), (700, 701), (701, p.size))]
+    merged = parts[2].merge(parts[0]).merge(parts[1])  # in any order, as Beam may
+    exact = binary_metrics(y, p, 0.5)["ece"]
+    assert exact > 0.02  # miscalibrated on purpose: a difference would show
+    assert merged.metrics()["ece"] == pytest.approx(exact, abs=1e-12)
+    assert exact == pytest.approx(sklearn_ece(y, p), abs=1e-12)
 
 
 def test_merged_summaries_equal_one_summary_of_everything():
@@ -299,6 +327,8 @@ def test_merged_summaries_equal_one_summary_of_everything():
     merged = parts[0].merge(parts[1]).merge(parts[2])
     assert np.array_equal(merged.positive_counts, whole.positive_counts)
     assert np.array_equal(merged.negative_counts, whole.negative_counts)
+    assert np.array_equal(merged.reliability.counts, whole.reliability.counts)
+    assert np.array_equal(merged.reliability.positives, whole.reliability.positives)
     assert (merged.tp, merged.fp, merged.tn, merged.fn) == (whole.tp, whole.fp, whole.tn, whole.fn)
     assert merged.brier_sum == pytest.approx(whole.brier_sum, abs=1e-9)
     _assert_close(merged.metrics(), whole.metrics())
@@ -404,6 +434,28 @@ def test_report_from_summaries_agrees_with_evaluate():
     # The comparison must have had something to compare.
     assert exact["image_level"]["pooled"]["roc_auc"] is not None
     assert len(exact["image_level"]["by_magnification"]) == 4
+    assert sum(b["count"] for b in exact["reliability"]["pooled"]) == len(records)
+
+
+def test_every_image_level_block_has_ece_and_the_report_has_the_pooled_reliability_bins():
+    from tests.pipelines.helpers import sklearn_ece
+
+    records = _random_records(seed=10)
+    report = evaluate(records, threshold=0.5)
+    image = report["image_level"]
+    for group in ("40X", "100X", "200X", "400X"):
+        members = [r for r in records if r["magnification"] == group]
+        expected = sklearn_ece([r["label"] for r in members], [r["p_malignant"] for r in members])
+        assert image["by_magnification"][group]["ece"] == pytest.approx(expected, abs=1e-12)
+    labels = [r["label"] for r in records]
+    scores = [r["p_malignant"] for r in records]
+    assert image["pooled"]["ece"] == pytest.approx(sklearn_ece(labels, scores), abs=1e-12)
+    assert report["baseline"]["image_level"]["pooled"]["ece"] is not None
+    bins = report["reliability"]["pooled"]
+    assert len(bins) == 15 and "15 equal-width bins" in report["reliability"]["binning"]
+    filled = [b for b in bins if b["count"]]
+    gaps = sum(b["count"] * abs(b["mean_p"] - b["fraction_malignant"]) for b in filled)
+    assert gaps / len(records) == pytest.approx(image["pooled"]["ece"], abs=1e-12)
 
 
 def test_report_from_summaries_rejects_a_summary_at_another_threshold():

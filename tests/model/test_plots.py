@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.calibration import ReliabilityTally
 from model.plots import (
+    EVALUATION_PLOTS,
+    RELIABILITY_PLOT,
     confusion_matrix_png,
     exact_curves,
     pr_png,
+    reliability_png,
     roc_png,
     training_curves_png,
 )
@@ -131,3 +135,19 @@ def test_exact_curves_are_empty_when_undefined():
     assert only_benign["roc"][0].size == 0 and only_benign["pr"][0].size == 0
     only_malignant = exact_curves([1, 1], [0.1, 0.9])
     assert only_malignant["roc"][0].size == 0 and only_malignant["pr"][0].size > 0
+
+
+def test_reliability_png_is_a_png_that_changes_with_the_bins():
+    y, p = _scores(2, 0.6)
+    calibrated = ReliabilityTally.from_scores(y, p)
+    overconfident = ReliabilityTally.from_scores(y, np.where(p > 0.5, 0.99, 0.01))
+    first = reliability_png(calibrated.bins(), calibrated.ece())
+    second = reliability_png(overconfident.bins(), overconfident.ece())
+    _decode(first)
+    _decode(second)
+    assert first != second
+    _decode(reliability_png(ReliabilityTally().bins(), None, title="no images"))
+
+
+def test_both_jobs_write_and_show_the_reliability_plot_with_the_others():
+    assert EVALUATION_PLOTS["Reliability"] == RELIABILITY_PLOT == "plots/reliability.png"

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -67,11 +68,24 @@ def sklearn_metrics(y_true: Sequence[int], p: Sequence[float], threshold: float)
         "roc_auc": roc_auc_score(y, p) if both else None,
         "pr_auc": average_precision_score(y, p) if both else None,
         "brier": brier_score_loss(y, p),
+        "ece": sklearn_ece(y, p),
         "n": int(y.size),
         "n_benign": int((y == 0).sum()),
         "n_malignant": int((y == 1).sum()),
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
     }
+
+
+def sklearn_ece(y_true: Sequence[int], p: Sequence[float], bins: int = 15) -> float:
+    """ECE from scikit-learn's reliability curve (15 uniform bins), each bin weighted by its
+    images (numpy's right-closed digitize, the binning calibration_curve uses)."""
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(p, dtype=float)
+    fraction, mean_p = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    counts = np.bincount(np.digitize(p, edges[1:-1], right=True), minlength=bins)
+    counts = counts[counts > 0]
+    return float(np.sum(counts * np.abs(fraction - mean_p)) / y.size)
 
 
 def assert_metrics_close(actual: dict, expected: dict, context: str) -> None:

@@ -90,7 +90,8 @@ def test_gs_inputs_model_and_outputs_share_the_local_code_path(bucket_inputs, sc
     assert report["qc_clean"]["counts"]["images"] == sum(
         1 for row in rows if row["true_label"] and not row["qc_flags"]
     )
-    for name in ("patients.csv", "plots/roc.png", "plots/pr.png", "plots/confusion_matrix.png"):
+    plots = ("plots/roc.png", "plots/pr.png", "plots/confusion_matrix.png", "plots/reliability.png")
+    for name in ("patients.csv", *plots):
         assert storage.exists(f"{output_dir}/{name}"), name
     assert assert_review_queue(output_dir, limit=1000)["images_needing_review"] > 0
 
@@ -227,7 +228,13 @@ def test_a_gs_rerun_needs_overwrite_which_removes_only_the_scorers_files(
     assert summary["scored"] == len(rows) == len(scoring_inputs.unlabelled)
     assert summary["failed"] == len(errors) == len(scoring_inputs.broken)
     assert storage.match(f"{output_dir}/heatmaps/*") == [f"{output_dir}/heatmaps/mine.png"]
-    for stale in ("metrics.json", "patients.csv", "plots/roc.png", "review.csv"):
+    for stale in (
+        "metrics.json",
+        "patients.csv",
+        "plots/roc.png",
+        "plots/reliability.png",
+        "review.csv",
+    ):
         assert not storage.exists(f"{output_dir}/{stale}"), stale
     for path, text in user_files.items():
         assert storage.read_text(path) == text

@@ -87,7 +87,14 @@ def test_a_rerun_into_a_used_folder_stops_unless_overwrite_and_then_replaces_onl
     summary = _assert_one_run(str(output_dir), second)
     assert summary["inputs_matched"] == len(second)
     # The unlabelled run writes no metrics: none may be left from the labelled one.
-    for stale in ("metrics.json", "patients.csv", "plots/roc.png", "plots/pr.png", "review.csv"):
+    for stale in (
+        "metrics.json",
+        "patients.csv",
+        "plots/roc.png",
+        "plots/pr.png",
+        "plots/reliability.png",
+        "review.csv",
+    ):
         assert not (output_dir / stale).exists(), stale
     assert not list(output_dir.glob("predictions-*-of-*.csv"))
     _assert_user_files_intact(output_dir)
@@ -105,6 +112,7 @@ def test_overwrite_lists_only_the_scorers_own_file_names(tmp_path):
         "patients.csv",
         "review.csv",
         "plots/roc.png",
+        "plots/reliability.png",
         "heatmaps/SOB_B_A-14-22549AB-40-001-0123456789abcdef.png",
         "report_assets/tile-fedcba9876543210.png",
         "beam-temp-predictions-0123456789abcdef0123456789abcdef/shard",

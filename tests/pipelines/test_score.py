@@ -155,6 +155,11 @@ def test_metrics_json_agrees_with_sklearn_on_predictions_csv(in_memory_run):
     assert report["image_level"]["pooled"]["patient_recognition_rate"] == pytest.approx(recognition)
     assert report["counts"]["images"] == len(labelled)
     assert report["counts"]["patients"] == len(patients) == 5
+    # The pooled reliability bins: every labelled image once, and the ECE they add up to.
+    bins = report["reliability"]["pooled"]
+    assert sum(b["count"] for b in bins) == len(labelled)
+    gaps = sum(b["count"] * abs(b["mean_p"] - b["fraction_malignant"]) for b in bins if b["count"])
+    assert gaps / len(labelled) == pytest.approx(report["image_level"]["pooled"]["ece"], abs=1e-9)
 
 
 def test_patients_csv_summarises_each_patient(in_memory_run):
@@ -204,7 +209,7 @@ def test_one_heatmap_per_prediction_at_the_image_size(in_memory_run, scoring_inp
 
 
 def test_plots_are_written_as_images(in_memory_run):
-    for name in ("roc.png", "pr.png", "confusion_matrix.png"):
+    for name in ("roc.png", "pr.png", "confusion_matrix.png", "reliability.png"):
         with Image.open(in_memory_run.output_dir / "plots" / name) as plot:
             assert plot.format == "PNG" and min(plot.size) > 200
 

@@ -57,6 +57,7 @@ def base_argv(data_dir, output_dir) -> list[str]:
         (["--dense_units", "0"], "--dense_units must be at least 1"),
         (["--steps_per_epoch", "0"], "--steps_per_epoch must be at least 1"),
         (["--max_file_mb", "0"], "--max_file_mb must be above 0"),
+        (["--calibration", "platt"], "--calibration must be one of temperature, none, got 'platt'"),
     ],
 )
 def test_a_bad_flag_stops_the_job_with_one_line(

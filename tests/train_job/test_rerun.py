@@ -78,6 +78,17 @@ def test_a_resume_with_other_result_flags_stops_before_any_work(
     assert _state_unchanged(config, state)
 
 
+def test_a_resume_with_another_calibration_is_refused_like_other_result_flags(
+    killed_run, capsys, no_decoding
+):
+    config, state = killed_run
+    code = train_main.main(cli_argv(dataclasses.replace(config, calibration="none")))
+    stderr = capsys.readouterr().err
+    assert code == 2 and stderr.count("\n") == 1
+    assert "holds checkpoints" in stderr and "--calibration temperature -> none" in stderr
+    assert _state_unchanged(config, state)
+
+
 def test_a_resume_on_changed_data_is_refused(killed_run, capsys):
     config, state = killed_run
     folder = _a_folder_with_images(config.data_dir)
@@ -134,6 +145,10 @@ def test_a_complete_export_rerun_with_other_flags_is_refused(trained, capsys):
     assert code == 2 and stderr.count("\n") == 1
     assert "holds a complete export made with other settings (--dropout 0.5 -> 0.25)" in stderr
     assert "--restart" in stderr
+    assert read_model_card(str(output_dir)).model_id == card.model_id
+    code = train_main.main(cli_argv(dataclasses.replace(config_of(card), calibration="none")))
+    stderr = capsys.readouterr().err
+    assert code == 2 and "(--calibration temperature -> none)" in stderr
     assert read_model_card(str(output_dir)).model_id == card.model_id
 
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from model.model_card import load_exported_model
+from model.model_card import load_exported_model, read_model_card
 from model.plots import training_curves_png
 from tests.train_job.test_train import SHARED_RUN, tiny_config
 from train_job.checkpoint import Checkpoints
@@ -107,6 +107,13 @@ def test_a_run_killed_in_each_phase_ends_as_an_uninterrupted_run(
     weights = exported_weights(tmp_path)
     for got, expected in zip(weights, exported_weights(reference_dir), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # Calibration runs after the last fit, on the resumed weights: the same temperature.
+    resumed_card, reference_card = (
+        read_model_card(str(tmp_path)),
+        read_model_card(str(reference_dir)),
+    )
+    assert resumed_card.calibration["fitted"] == reference_card.calibration["fitted"]
+    assert resumed_card.temperature == pytest.approx(reference_card.temperature, rel=1e-4)
     assert not (tmp_path / "checkpoints").exists()
 
     # Phase 2 trained: block5 (unfrozen in phase 2 only) moved away from phase 1's values.
