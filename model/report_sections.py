@@ -34,6 +34,13 @@ _HEADLINE: tuple[tuple[str, str, str, str], ...] = (
     ("ROC AUC", "image_level", "roc_auc", "ranking quality over all thresholds; 0.5 is chance"),
     ("PR AUC", "image_level", "pr_auc", "average precision for malignant; chance is prevalence"),
     (
+        "ECE (15 bins)",
+        "image_level",
+        "ece",
+        "expected calibration error: mean gap between p(malignant) and the observed share of "
+        "malignant images, over 15 equal-width bins of p; 0 is perfectly calibrated",
+    ),
+    (
         "Patient recognition rate",
         "image_level",
         "patient_recognition_rate",
@@ -53,6 +60,7 @@ _MAGNIFICATION_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("Specificity", "image_level", "specificity"),
     ("ROC AUC", "image_level", "roc_auc"),
     ("PR AUC", "image_level", "pr_auc"),
+    ("ECE", "image_level", "ece"),
     ("Patient recog. rate", "image_level", "patient_recognition_rate"),
     ("Patient-level acc.", "patient_level", "accuracy"),
     ("Baseline acc.", "baseline.image_level", "accuracy"),

@@ -84,6 +84,7 @@ def write_outputs(
         _report_notes(config, outcome),
         max_bytes=max_bytes_from_mb(config.max_file_mb),
         logit_layer=card.logit_layer,
+        calibration=card.calibration,
     )
     write_card(card, work_dir)
     logger.info("Wrote the export's files and, last, its card into %s", work_dir)

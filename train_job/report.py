@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
 from model import storage
+from model.calibration_section import calibration_section
 from model.constants import CALIBRATED_LOGIT_LAYER
 from model.evaluation import PATIENT_COLUMNS, patient_rows_from_records, patient_table
 from model.gradcam import gradcam_model, predict_with_gradcam
@@ -18,6 +20,7 @@ from model.labels import predicted_label
 from model.plots import EVALUATION_PLOTS, TRAINING_CURVES_PLOT
 from model.preprocessing import prepare_image
 from model.report_assets import REPORT_ASSETS_DIR, gallery_pair
+from model.report_sections import Section
 from train_job.data import Discovery
 from train_job.evaluation import evaluation_records
 
@@ -64,6 +67,7 @@ def write_training_report(
     notes: Sequence[str] = (),
     max_bytes: int = storage.DEFAULT_MAX_BYTES,
     logit_layer: str = CALIBRATED_LOGIT_LAYER,
+    calibration: Mapping[str, Any] | None = None,
 ) -> str:
     """Compute Grad-CAM for the gallery's test images and write report.html into work_dir.
 
@@ -124,9 +128,16 @@ def write_training_report(
         errors=errors,
         summary=summary,
         notes=notes,
+        extra_sections=_extra_sections(calibration),
     )
     path = os.path.join(work_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(html)
     logger.info("Wrote %s (%d gallery images)", path, len(gallery))
     return path
+
+
+def _extra_sections(calibration: Mapping[str, Any] | None) -> dict[str, list[Section]]:
+    """The training report's own sections, by the standard section they follow."""
+    section = calibration_section(calibration)
+    return {"headline": [section]} if section is not None else {}

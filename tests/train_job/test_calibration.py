@@ -147,7 +147,13 @@ def test_metrics_plots_and_report_show_calibration(calibrated):
     html = (output_dir / "report.html").read_text()
     card = read_model_card(str(output_dir))
     assert "plots/reliability.png" in html
-    assert f"T = {card.temperature:.4f}" in html
+    section = html[html.index('<section id="calibration">') :]
+    section = section[: section.index("</section>")]
+    assert f"T = {card.temperature:.4f}" in section
+    for key in ("log_loss_before", "log_loss_after", "ece_before", "ece_after"):
+        assert f">{card.calibration[key]:.4f}<" in section, key
+    ece = metrics["image_level"]["pooled"]["ece"]
+    assert f'data-metric="image_level.pooled.ece">{ece:.4f}<' in html
 
 
 def test_calibration_none_exports_the_same_structure_with_t_1(synthetic_data_dir, tmp_path):
