@@ -224,6 +224,9 @@ def training_stream(
     )
     if cache:
         examples = examples.cache()
+        # Filled whole here, as the evaluation datasets are: a pass stopped part-way must never be
+        # the one writing the cache, or epochs could silently see fewer images.
+        examples.reduce(np.int64(0), lambda count, _: count + 1)
     return TrainingStream(
         examples=examples,
         size=len(paths),

@@ -25,25 +25,13 @@ MIN_VALIDATION_PATIENTS = 3
 
 def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
     """P(malignant) for every element of an unshuffled dataset, in order."""
-    return _outputs(model, dataset)
+    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
 
 
 def predict_logits(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
     """The trained (uncalibrated) logit of every element of an unshuffled dataset, in order."""
-    return _outputs(keras.Model(model.input, model.get_layer(LOGIT_LAYER).output), dataset)
-
-
-def _outputs(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """The model's single output for every element, batch by batch in the dataset's order.
-
-    Our own loop rather than `model.predict`: right after a fit, `predict` on the validation
-    dataset the fit used twice returned its first batch only (16 images, 8 scores) in about a
-    dozen test runs under load; a loop over the dataset's own iterator cannot drop a batch.
-    """
-    batches = [np.asarray(model(images, training=False)) for images, _ in dataset]
-    if not batches:
-        return np.zeros(0, dtype=np.float64)
-    return np.concatenate(batches).astype(np.float64).reshape(-1)
+    logit_model = keras.Model(model.input, model.get_layer(LOGIT_LAYER).output)
+    return np.asarray(logit_model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
 
 
 def calibrate(
