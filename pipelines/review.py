@@ -29,6 +29,7 @@ import apache_beam as beam
 
 from model import storage
 from model.evaluation import patient_call
+from model.quality import parse_flags
 from pipelines.aggregates import MetricsInputs
 from pipelines.csv_output import CSV_SUFFIX, csv_line
 from pipelines.rows import ScoredImage
@@ -53,7 +54,6 @@ UNCERTAIN_RULE = "p_std > |p_malignant - threshold|"  # `is_uncertain`, as summa
 # p is clipped to [P_CLIP, 1 - P_CLIP] before taking log-odds, so p = 0 or 1 (written with 6
 # decimals) has a finite distance from the threshold, still beyond every written p in between.
 P_CLIP = 1e-7
-_QC_SEPARATOR = ";"
 
 
 def near_threshold_band(threshold: float) -> tuple[float, float]:
@@ -87,11 +87,6 @@ def log_odds_distance(p_malignant: float, threshold: float) -> float:
     if math.isnan(p_malignant):
         return math.inf
     return abs(_log_odds(p_malignant) - _log_odds(threshold))
-
-
-def qc_flag_list(qc_flags: str) -> list[str]:
-    """The flags of a `qc_flags` value (";"-separated, empty when clean)."""
-    return [flag for flag in qc_flags.split(_QC_SEPARATOR) if flag]
 
 
 class ReviewCandidate(NamedTuple):
@@ -150,7 +145,7 @@ def review_candidate(
         UNCERTAIN: is_uncertain(record.p_malignant, record.p_std, threshold),
         NEAR_THRESHOLD: low <= record.p_malignant <= high,
     }
-    reasons = qc_flag_list(record.qc_flags) + [name for name in MODEL_REASONS if found[name]]
+    reasons = [*parse_flags(record.qc_flags), *[name for name in MODEL_REASONS if found[name]]]
     return ReviewCandidate(
         image_path=record.image_path,
         reasons=tuple(reasons),
@@ -181,7 +176,7 @@ def review_priority(candidate: ReviewCandidate, threshold: float) -> tuple[int, 
     The image path breaks the remaining ties, so the order is total and the same on any runner.
     """
     distance = log_odds_distance(candidate.p_malignant, threshold)
-    flags = qc_flag_list(candidate.qc_flags)
+    flags = parse_flags(candidate.qc_flags)
     if flags:
         return 0, -float(len(flags)), candidate.image_path
     if PATIENT_DISAGREEMENT in candidate.reasons:
