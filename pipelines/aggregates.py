@@ -130,18 +130,30 @@ def patient_row(keyed: tuple[tuple[str, str], PatientTally]) -> dict[str, Any]:
     }
 
 
+def empty_heatmap_key(predicted_label: str) -> str:
+    """OutcomeCountsFn's key counting empty Grad-CAM maps (peak 0) of one predicted class."""
+    return f"empty_heatmap_{predicted_label}"
+
+
 class OutcomeCountsFn(beam.CombineFn):
-    """ScoredImages -> {"scored", "labelled", "benign", "malignant"} counts."""
+    """ScoredImages -> {"scored", "labelled", "benign", "malignant"} counts, and per predicted
+    class the Grad-CAM maps with no evidence at all (`empty_heatmap_key`: heatmap_peak == 0)."""
 
     def create_accumulator(self) -> dict[str, int]:
         """All counts zero."""
-        return {"scored": 0, "labelled": 0, **{name: 0 for name in CLASS_NAMES}}
+        return {
+            "scored": 0,
+            "labelled": 0,
+            **{name: 0 for name in CLASS_NAMES},
+            **{empty_heatmap_key(name): 0 for name in CLASS_NAMES},
+        }
 
     def add_input(self, accumulator: dict[str, int], record: ScoredImage) -> dict[str, int]:
         """Count one prediction."""
         accumulator["scored"] += 1
         accumulator["labelled"] += int(is_labelled(record))
         accumulator[record.predicted_label] += 1
+        accumulator[empty_heatmap_key(record.predicted_label)] += int(record.heatmap_peak == 0)
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[dict[str, int]]) -> dict[str, int]:

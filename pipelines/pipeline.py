@@ -53,6 +53,8 @@ class ScoringConfig:
     last_conv_layer: str
     logit_layer: str
     progress_interval: float
+    tta: int = 1  # test-time views per image (model.tta)
+    heatmap_scale: float | None = None  # the card's shared Grad-CAM scale, None: per image
 
 
 class ScoreImages(beam.PTransform):
@@ -81,6 +83,8 @@ class ScoreImages(beam.PTransform):
             max_bytes=config.max_bytes,
             last_conv_layer=config.last_conv_layer,
             logit_layer=config.logit_layer,
+            tta=config.tta,
+            heatmap_scale=config.heatmap_scale,
         )
         waiting = paths | "AwaitMatchCount" >> beam.Map(
             lambda path, _: path, AsSingleton(self._matched)

@@ -156,6 +156,11 @@ def write_scoring_report(
     ]
     if not gradcam:
         notes.append("Run with --no_gradcam: no heatmaps, so no Grad-CAM gallery.")
+    else:
+        load_tensorflow()  # model.gradcam imports TensorFlow
+        from model.gradcam import heatmap_caption
+
+        notes.append(heatmap_caption(summary.get("heatmap_scale")))
     failed = int(summary.get("failed", 0))
     if failed > len(errors):
         notes.append(f"The error table shows {len(errors)} of {failed} errors; see errors.csv.")
@@ -189,6 +194,9 @@ def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:
         "non_image_files_skipped",
         "output_files_excluded",
         "model_id",
+        "tta",
+        "heatmap_scale",
+        "empty_heatmaps",
         "runner",
         "direct_num_workers",
         "wall_time_seconds",

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from model import storage
 from model.constants import CLASS_NAMES
 from model.evaluation import PATIENT_COLUMNS, patient_table, report_from_summaries
-from pipelines.aggregates import POOLED, MetricsInputs
+from pipelines.aggregates import POOLED, MetricsInputs, empty_heatmap_key
 from pipelines.csv_output import csv_line
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ def build_summary(counts: RunCounts, job: Mapping[str, Any], started_at: float) 
         "failed_fraction": counts.failed / counts.matched if counts.matched else 0.0,
         "predictions_per_class": {name: counts.outcomes[name] for name in CLASS_NAMES},
         "labelled_images": counts.outcomes["labelled"],
+        **_empty_heatmaps(counts.outcomes, bool(job.get("gradcam"))),
         "non_image_files_skipped": counts.skipped,
         "output_files_excluded": counts.excluded,
         **job,
@@ -113,6 +114,15 @@ def build_summary(counts: RunCounts, job: Mapping[str, Any], started_at: float) 
         "finished_at": _iso(finished_at),
         "wall_time_seconds": round(finished_at - started_at, 3),
     }
+
+
+def _empty_heatmaps(outcomes: Mapping[str, int], gradcam: bool) -> dict[str, Any]:
+    """How many Grad-CAM maps had no evidence at all (heatmap_peak 0), overall and per call;
+    null without Grad-CAM."""
+    if not gradcam:
+        return {"empty_heatmaps": None, "empty_heatmaps_per_class": None}
+    per_class = {name: outcomes[empty_heatmap_key(name)] for name in CLASS_NAMES}
+    return {"empty_heatmaps": sum(per_class.values()), "empty_heatmaps_per_class": per_class}
 
 
 def _iso(timestamp: float) -> str:

@@ -8,6 +8,7 @@ from model.labels import predicted_label
 from model.naming import parse_breakhis_name
 
 P_DECIMALS = 6
+PEAK_DIGITS = 6
 
 
 class ScoredImage(NamedTuple):
@@ -42,7 +43,14 @@ PREDICTION_COLUMNS: tuple[str, ...] = ScoredImage._fields
 ERROR_COLUMNS: tuple[str, ...] = ScoringError._fields
 
 
-def scored_image(path: str, p_malignant: float, threshold: float, heatmap_path: str) -> ScoredImage:
+def scored_image(
+    path: str,
+    p_malignant: float,
+    threshold: float,
+    heatmap_path: str,
+    p_std: float = 0.0,
+    heatmap_peak: float | None = None,
+) -> ScoredImage:
     """The prediction row of one image, with ground truth parsed from a BreakHis file name."""
     # The rounded score is the one written, thresholded and aggregated, so predictions.csv,
     # predicted_label and metrics.json always agree with one another.
@@ -57,4 +65,11 @@ def scored_image(path: str, p_malignant: float, threshold: float, heatmap_path: 
         magnification=info.magnification if info else "",
         subtype=info.subtype if info else "",
         heatmap_path=heatmap_path,
+        heatmap_peak=None if heatmap_peak is None else significant(heatmap_peak),
+        p_std=round(float(p_std), P_DECIMALS),
     )
+
+
+def significant(value: float, digits: int = PEAK_DIGITS) -> float:
+    """value to `digits` significant digits: raw map peaks span many orders of magnitude."""
+    return float(f"{float(value):.{digits}g}")

@@ -11,12 +11,13 @@ import numpy as np
 
 from model import storage
 from model.evaluation import PATIENT_COLUMNS, patient_rows_from_records, patient_table
-from model.gradcam import gradcam_model, predict_with_gradcam
+from model.gradcam import gradcam_model, heatmap_caption, predict_with_gradcam, scale_heatmap
 from model.html_report import GalleryItem, render_report, select_gallery
 from model.labels import predicted_label
 from model.plots import EVALUATION_PLOTS, TRAINING_CURVES_PLOT
 from model.preprocessing import prepare_image
 from model.report_assets import REPORT_ASSETS_DIR, gallery_pair
+from model.tta import pass_chunks
 from train_job.data import Discovery
 from train_job.evaluation import evaluation_records
 
@@ -62,8 +63,14 @@ def write_training_report(
     summary: dict,
     notes: Sequence[str] = (),
     max_bytes: int = storage.DEFAULT_MAX_BYTES,
+    tta: int = 1,
+    heatmap_scale: float | None = None,
 ) -> str:
-    """Compute Grad-CAM for the gallery's test images and write report.html into work_dir."""
+    """Compute Grad-CAM for the gallery's test images and write report.html into work_dir.
+
+    The maps are the scorer's: the malignant evidence over `tta` views, on the shared
+    heatmap_scale (None: each on its own peak).
+    """
     rows = prediction_rows(split_rows, p_malignant, threshold)
     selected = select_gallery(rows)
     chosen = [(category, row) for category, picks in selected.items() for row in picks]
@@ -75,12 +82,20 @@ def write_training_report(
         ]
         batch = np.stack([model_input for model_input, _ in prepared])
         originals = [original for _, original in prepared]
-        _, heatmaps = predict_with_gradcam(gradcam_model(model), batch, threshold)
+        grad_model = gradcam_model(model)
+        heatmaps = np.concatenate(
+            [
+                predict_with_gradcam(grad_model, chunk, tta).heatmaps
+                for chunk in pass_chunks([batch], tta)
+            ]
+        )
         os.makedirs(os.path.join(work_dir, REPORT_ASSETS_DIR), exist_ok=True)
         for index, ((category, row), original, heatmap) in enumerate(
             zip(chosen, originals, heatmaps, strict=True)
         ):
-            original_png, overlay_png = gallery_pair(original, heatmap)
+            original_png, overlay_png = gallery_pair(
+                original, scale_heatmap(heatmap, heatmap_scale)
+            )
             stem = f"{REPORT_ASSETS_DIR}/{index:03d}"
             for suffix, data in (("original", original_png), ("overlay", overlay_png)):
                 with open(os.path.join(work_dir, f"{stem}_{suffix}.png"), "wb") as handle:
@@ -116,7 +131,7 @@ def write_training_report(
         patients=patient_table_rows(split_rows, p_malignant, threshold),
         errors=errors,
         summary=summary,
-        notes=notes,
+        notes=[*notes, heatmap_caption(heatmap_scale)] if gallery else list(notes),
     )
     path = os.path.join(work_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:

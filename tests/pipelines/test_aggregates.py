@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 
 import apache_beam as beam
@@ -161,9 +162,15 @@ def test_patient_tallies_match_the_exact_patient_rows():
         assert_that(rows, equal_to(expected_rows))
 
 
-def test_outcome_counts_cover_labelled_and_unlabelled_predictions():
-    records = _records()
+def test_outcome_counts_cover_labelled_and_unlabelled_predictions_and_empty_maps():
+    # Peaks: none (no Grad-CAM) for the first, then empty (0.0) for every third, else evidence.
+    records = [
+        record._replace(heatmap_peak=None if i == 0 else (0.0 if i % 3 == 0 else 0.01 * i))
+        for i, record in enumerate(_records())
+    ]
     malignant = sum(r.predicted_label == "malignant" for r in records)
+    empty = collections.Counter(r.predicted_label for r in records if r.heatmap_peak == 0.0)
+    assert sum(empty.values()) > 0
     with test_pipeline.TestPipeline() as pipeline:
         counts = pipeline | beam.Create(records) | beam.CombineGlobally(OutcomeCountsFn())
         assert_that(
@@ -175,6 +182,8 @@ def test_outcome_counts_cover_labelled_and_unlabelled_predictions():
                         "labelled": len(records) - 1,
                         "benign": len(records) - malignant,
                         "malignant": malignant,
+                        "empty_heatmap_benign": empty["benign"],
+                        "empty_heatmap_malignant": empty["malignant"],
                     }
                 ]
             ),

@@ -184,9 +184,10 @@ def test_mixed_precision_exports_a_float32_scorer(synthetic_data_dir, tmp_path):
     model, card = load_exported_model(str(tmp_path))
     assert model.get_layer("block1_conv1").dtype_policy.name == "mixed_float16"
     images = np.zeros((2, 32, 32, 3), np.float32)
-    p, heatmaps = predict_with_gradcam(gradcam_model(model), images, card.threshold)
-    assert p.dtype == np.float32 and heatmaps.dtype == np.float32
-    assert np.isfinite(p).all() and np.isfinite(heatmaps).all()
+    for tta in (1, 8):
+        p, p_std, heatmaps = predict_with_gradcam(gradcam_model(model), images, tta)
+        assert p.dtype == p_std.dtype == heatmaps.dtype == np.float32
+        assert np.isfinite(p).all() and np.isfinite(p_std).all() and np.isfinite(heatmaps).all()
 
 
 def test_threshold_rule_warns_when_validation_has_few_patients(trained):
