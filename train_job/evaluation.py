@@ -11,19 +11,32 @@ import numpy as np
 import tensorflow as tf
 
 from model import plots
-from model.constants import CLASS_NAMES
+from model.constants import CLASS_NAMES, LOGIT_LAYER
 from model.evaluation import evaluate
+from model.gradcam import gradcam_model, heatmap_scale
 from model.labels import label_index
 from model.metrics import choose_threshold
+from model.tta import logit_model, pass_chunks, predict_with_tta
 
 logger = logging.getLogger(__name__)
 
 MIN_VALIDATION_PATIENTS = 3
 
 
-def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """P(malignant) for every element of an unshuffled dataset, in order."""
-    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+def predict(
+    model: keras.Model, dataset: tf.data.Dataset, tta: int = 1, logit_layer: str = LOGIT_LAYER
+) -> np.ndarray:
+    """P(malignant) for every element of an unshuffled dataset, in order.
+
+    With tta > 1, the sigmoid of each image's mean logit over its test-time views (`model.tta`),
+    as the scorer computes it with the same --tta.
+    """
+    if tta == 1:
+        return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+    logits_of = logit_model(model, logit_layer)
+    batches = (images for images, *_ in dataset)
+    scores = [predict_with_tta(logits_of, chunk, tta)[0] for chunk in pass_chunks(batches, tta)]
+    return np.concatenate(scores).astype(np.float64) if scores else np.zeros(0)
 
 
 def decision_threshold(rows: Sequence[dict], p_malignant: np.ndarray) -> tuple[float, str]:
@@ -99,3 +112,15 @@ def plot_files(rows: Sequence[dict], p_malignant: np.ndarray, report: dict) -> d
 def report_json(report: dict) -> str:
     """metrics.json text (strict JSON: undefined values are null)."""
     return json.dumps(report, indent=2, allow_nan=False) + "\n"
+
+
+def validation_heatmap_scale(
+    model: keras.Model, dataset: tf.data.Dataset, tta: int, logit_layer: str = LOGIT_LAYER
+) -> float | None:
+    """The card's heatmap_scale, from the exported model's malignant maps on a dataset of
+    (image, label) batches (the validation split), at the card's eval_tta."""
+    grad_model = gradcam_model(model, logit_layer=logit_layer)
+    batches = pass_chunks((images for images, *_ in dataset), tta)
+    scale = heatmap_scale(grad_model, batches, tta)
+    logger.info("Grad-CAM heatmap scale (validation split, %d view(s)): %s", tta, scale)
+    return scale

@@ -50,6 +50,7 @@ class TrainingOutcome:
     global_batch: int
     class_weights: dict[int, float]
     test_p: np.ndarray
+    heatmap_scale: float | None = None  # model.gradcam.heatmap_scale on the validation split
 
 
 def write_outputs(
@@ -79,6 +80,8 @@ def write_outputs(
         _report_summary(config, card, outcome),
         _report_notes(config, outcome),
         max_bytes=max_bytes_from_mb(config.max_file_mb),
+        tta=config.eval_tta,
+        heatmap_scale=outcome.heatmap_scale,
     )
     write_card(card, work_dir)
     logger.info("Wrote the export's files and, last, its card into %s", work_dir)
@@ -99,6 +102,8 @@ def model_card(config: TrainConfig, outcome: TrainingOutcome) -> ModelCard:
         image_size=config.image_size,
         threshold=float(outcome.threshold),
         threshold_rule=outcome.threshold_rule,
+        eval_tta=config.eval_tta,
+        heatmap_scale=outcome.heatmap_scale,
         training_config={
             **dataclasses.asdict(config),
             "replicas": outcome.replicas,
@@ -154,6 +159,8 @@ def _report_summary(config: TrainConfig, card: ModelCard, outcome: TrainingOutco
         "weights": printable_path(config.weights),
         "replicas": outcome.replicas,
         "threshold": round(float(outcome.threshold), 4),
+        "eval_tta": config.eval_tta,
+        "heatmap_scale": card.heatmap_scale,
     }
 
 
@@ -163,6 +170,12 @@ def _report_notes(config: TrainConfig, outcome: TrainingOutcome) -> list[str]:
         "specimen (slide id without section letters), so no patient is on two sides.",
         f"Decision threshold {outcome.threshold:.4f}: {outcome.threshold_rule}",
     ]
+    if config.eval_tta > 1:
+        notes.append(
+            f"Validation and test p are the sigmoid of each image's mean logit over "
+            f"{config.eval_tta} test-time views (turns and mirrors; --eval_tta), as the scorer "
+            "computes them by default."
+        )
     if config.weights == "none":
         notes.append("Trained without ImageNet weights (random initialisation).")
     return notes

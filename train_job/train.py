@@ -28,7 +28,12 @@ from train_job.checkpoint import Checkpoints
 from train_job.config import TrainConfig, normalized, result_settings
 from train_job.dataset import class_weights_for, evaluation_dataset, training_stream
 from train_job.distribute import choose_strategy, is_chief
-from train_job.evaluation import decision_threshold, evaluation_report, predict
+from train_job.evaluation import (
+    decision_threshold,
+    evaluation_report,
+    predict,
+    validation_heatmap_scale,
+)
 from train_job.export import HISTORY_FILE, LOG_DIR, publish
 from train_job.fit import fit_phases
 from train_job.launch_checks import check_flags
@@ -134,12 +139,15 @@ def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks)
         storage.join(work_dir, LOG_DIR),
         callbacks,
     )
+    # One rule: the threshold is chosen on p computed as the p it is applied to (the test
+    # split's, and the scorer's at its default --tta, the card's eval_tta).
     threshold, rule = decision_threshold(
-        split.by_split["validation"], predict(model, evaluation["validation"])
+        split.by_split["validation"], predict(model, evaluation["validation"], config.eval_tta)
     )
-    test_p = predict(model, evaluation["test"])
+    test_p = predict(model, evaluation["test"], config.eval_tta)
     report = evaluation_report(split.by_split["test"], test_p, threshold)
     _log_headline(report)
+    scale = validation_heatmap_scale(model, evaluation["validation"], config.eval_tta)
     outcome = TrainingOutcome(
         rows=split.rows,
         by_split=split.by_split,
@@ -153,6 +161,7 @@ def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks)
         global_batch=global_batch,
         class_weights=class_weights,
         test_p=test_p,
+        heatmap_scale=scale,
     )
     return model, outcome
 

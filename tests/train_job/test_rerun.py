@@ -78,6 +78,16 @@ def test_a_resume_with_other_result_flags_stops_before_any_work(
     assert _state_unchanged(config, state)
 
 
+def test_a_resume_with_other_test_time_views_is_refused(killed_run, capsys, no_decoding):
+    # The threshold is chosen on p from --eval_tta views: changing them changes the result.
+    config, state = killed_run
+    code = train_main.main(cli_argv(dataclasses.replace(config, eval_tta=4)))
+    stderr = capsys.readouterr().err
+    assert code == 2 and stderr.count("\n") == 1
+    assert "--eval_tta 1 -> 4" in stderr and "--restart" in stderr
+    assert _state_unchanged(config, state)
+
+
 def test_a_resume_on_changed_data_is_refused(killed_run, capsys):
     config, state = killed_run
     folder = _a_folder_with_images(config.data_dir)
