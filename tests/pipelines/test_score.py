@@ -321,7 +321,10 @@ def test_no_gradcam_on_unlabelled_images_writes_predictions_only(
     assert not (output_dir / "metrics.json").exists() and not (output_dir / "plots").exists()
     assert read_csv(str(output_dir / "errors.csv")) == []  # header only, still written
     assert read_header(str(output_dir / "errors.csv")) == ["image_path", "error_type", "message"]
-    assert read_json(str(output_dir / "summary.json"))["labelled_images"] == 0
+    summary = read_json(str(output_dir / "summary.json"))
+    assert summary["labelled_images"] == 0
+    assert summary["empty_heatmaps"] is None and summary["heatmap_scale"] is None
+    assert {row["heatmap_peak"] for row in rows} == {""} and summary["tta"] == 1
 
 
 def test_main_exits_non_zero_when_too_many_inputs_fail_and_logs_progress(
