@@ -67,10 +67,17 @@ def evaluation_dataset(
     cache: bool = True,
     max_bytes: int = storage.DEFAULT_MAX_BYTES,
 ) -> tf.data.Dataset:
-    """Batches of (normalised image, label) in path order, for validation, test and prediction."""
+    """Batches of (normalised image, label) in path order, for validation, test and prediction.
+
+    With cache, every image is decoded here, in one whole pass that fills the cache, so no
+    later pass that stops part-way can be the one writing it.
+    """
     dataset = tf.data.Dataset.zip((decoded_images(paths, image_size, max_bytes), _labels(labels)))
     if cache:
         dataset = dataset.cache()
+        # Keras stops passes early (it peeks at a first batch); the validation predictions made
+        # after fit were sometimes short of images ("12 labels but 9 scores") under load.
+        dataset.reduce(np.int64(0), lambda count, _: count + 1)
     dataset = dataset.map(lambda image, label: (normalize(tf.cast(image, tf.float32)), label))
     return _without_autotuning(dataset.batch(global_batch_size).prefetch(AUTOTUNE))
 

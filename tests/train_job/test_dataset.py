@@ -118,3 +118,24 @@ def test_training_and_evaluation_datasets_run_without_the_autotuning_thread(imag
     assert _stream(image_paths).epochs(0, 2).options().autotune.enabled is False
     evaluation = evaluation_dataset(image_paths, labels, 32, 4)
     assert evaluation.options().autotune.enabled is False
+
+
+def test_the_evaluation_cache_is_filled_whole_when_the_dataset_is_made(image_paths, monkeypatch):
+    from train_job import dataset as dataset_module
+
+    decoded = []
+    real = dataset_module.load_image
+
+    def counting(data, image_size):
+        decoded.append(image_size)
+        return real(data, image_size)
+
+    monkeypatch.setattr(dataset_module, "load_image", counting)
+    evaluation = evaluation_dataset(image_paths, [0, 1] * 3, 32, 4)
+    assert len(decoded) == len(image_paths)  # every image, before any consumer reads a batch
+    iterator = iter(evaluation)
+    next(iterator)
+    del iterator  # a pass stopped after its first batch, as Keras' peek does
+    for _ in range(2):
+        assert sum(int(images.shape[0]) for images, _ in evaluation) == len(image_paths)
+    assert len(decoded) == len(image_paths)  # read from the cache ever after
