@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from model.gradcam import encode_png, overlay_heatmap
+from model.overlay import encode_png, overlay_heatmap
 from model.preprocessing import decode_image
 from model.synthetic_data import draw_tile
 

@@ -12,6 +12,13 @@ MIN_IMAGE_SIZE = 32  # VGG16's five 2x2 poolings need at least 32 pixels a side.
 # 512 px) and every image costs 16 times the default's compute; BreakHis tiles are 700 x 460.
 MAX_IMAGE_SIZE = 512
 
+# Test-time augmentation: how many dihedral views of an image may be scored (model/tta.py).
+TTA_CHOICES: tuple[int, ...] = (1, 2, 4, 8)
+# The model card's heatmap_scale is this percentile of the per-image Grad-CAM peaks on the
+# validation split (model/gradcam.py): robust to a few extreme maps, and reached or passed by
+# the images with the strongest evidence for malignancy.
+HEATMAP_SCALE_PERCENTILE = 95.0
+
 LAST_CONV_LAYER = "block5_conv3"
 LOGIT_LAYER = "logit"  # the trained logit, before calibration
 # logit / T (temperature scaling): Grad-CAM's score in exports with calibration, so its

@@ -1,35 +1,48 @@
-"""Grad-CAM for the single-logit classifier: compute (batched), upsample, overlay, encode.
+"""Grad-CAM for the single-logit classifier, computed batched over test-time views.
 
 One forward pass under a `tf.GradientTape` gives both the probability and the class activation
-map, so scoring never runs the network twice. The class score is +logit for malignant and
--logit for benign, the single-logit equivalent of a two-class softmax score.
+map, so scoring never runs the network twice. With test-time augmentation the pass takes every
+view of each image (`model.tta`): P(malignant) is the sigmoid of the mean logit over the views,
+and each view's map is turned back to the image's orientation before the maps are averaged.
+
+Maps explain the malignant logit whatever the call (class score +logit; -logit, the benign
+score, on request), so every overlay shows the same thing: where the evidence for malignancy is.
+They are returned raw (not normalised per image): `model.overlay.scale_heatmap` divides by a
+scale shared across images (the model card's `heatmap_scale`, which `heatmap_scale` takes on the
+validation split), so a map with little evidence looks faint and a strong one saturates.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
-from matplotlib import colormaps
-from PIL import Image
 
 from model.constants import LAST_CONV_LAYER, LOGIT_LAYER
+from model.overlay import heatmap_peaks, heatmap_scale_from_peaks
+from model.tta import View, apply_view, invert_view, tta_views, turns_fit, view_statistics
 
 logger = logging.getLogger(__name__)
 
-# Built once: calling matplotlib per image would dominate the overlay's cost.
-JET_LUT: np.ndarray = np.round(colormaps["jet"](np.arange(256))[:, :3] * 255.0).astype(np.uint8)
+MALIGNANT, BENIGN = 1, 0
 
-# -1 in the traced function means "explain the predicted class".
-_PREDICTED_CLASS = -1
+# Traced functions per Grad-CAM model and (views, class), dropped with the model.
+_GRADCAM_FUNCTIONS: weakref.WeakKeyDictionary[keras.Model, dict[tuple, Callable]] = (
+    weakref.WeakKeyDictionary()
+)
 
-# One traced function per Grad-CAM model, dropped with the model.
-_GRADCAM_FUNCTIONS: weakref.WeakKeyDictionary[keras.Model, Callable] = weakref.WeakKeyDictionary()
+
+class GradCamResult(NamedTuple):
+    """What one batched pass gives for N images."""
+
+    p_malignant: np.ndarray  # [N] float32: sigmoid of the mean logit over the views
+    p_std: np.ndarray  # [N] float32: standard deviation of the views' probabilities
+    heatmaps: np.ndarray  # [N, h, w] float32 >= 0: raw map, mean over the views, not normalised
 
 
 def gradcam_model(
@@ -53,94 +66,77 @@ def gradcam_model(
 def predict_with_gradcam(
     grad_model: keras.Model,
     images: np.ndarray | tf.Tensor,
-    threshold: float = 0.5,
-    class_index: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """P(malignant) [N] and Grad-CAM maps [N, h, w] in [0, 1] from one batched forward pass.
+    tta: int = 1,
+    class_index: int = MALIGNANT,
+) -> GradCamResult:
+    """P(malignant), its spread over the views and raw Grad-CAM maps from one batched pass.
 
-    images are normalised model input. The map explains `class_index` (0 benign, 1 malignant)
-    or, when None, each image's predicted class (p >= threshold means malignant).
+    images are normalised model input [N, S, S, 3]; the pass scores all N x tta views. The maps
+    explain `class_index` (1 malignant, the default, or 0 benign) and are registered to images.
     """
-    if class_index not in (None, 0, 1):
-        raise ValueError(
-            f"class_index must be None, 0 (benign) or 1 (malignant), got {class_index}"
-        )
-    function = _GRADCAM_FUNCTIONS.get(grad_model)
-    if function is None:
-        function = _trace_gradcam(grad_model)
-        _GRADCAM_FUNCTIONS[grad_model] = function
-    probabilities, heatmaps = function(
-        tf.convert_to_tensor(images, dtype=tf.float32),
-        tf.constant(threshold, dtype=tf.float32),
-        tf.constant(_PREDICTED_CLASS if class_index is None else class_index, dtype=tf.int32),
-    )
-    return probabilities.numpy(), heatmaps.numpy()
+    if class_index not in (BENIGN, MALIGNANT):
+        raise ValueError(f"class_index must be 0 (benign) or 1 (malignant), got {class_index}")
+    views = tta_views(tta)
+    functions = _GRADCAM_FUNCTIONS.setdefault(grad_model, {})
+    key = (views, class_index)
+    if key not in functions:
+        functions[key] = _trace_gradcam(grad_model, views, class_index)
+    p, p_std, heatmaps = functions[key](tf.convert_to_tensor(images, dtype=tf.float32))
+    return GradCamResult(p.numpy(), p_std.numpy(), heatmaps.numpy())
 
 
-def _trace_gradcam(grad_model: keras.Model) -> Callable:
-    """A tf.function computing (p, heatmaps) for grad_model, traced once for any batch size."""
+def _trace_gradcam(grad_model: keras.Model, views: tuple[View, ...], class_index: int) -> Callable:
+    """A tf.function computing (p, p_std, maps) for grad_model, traced once for any batch size."""
     # A weak reference, so the cached function does not keep its own cache key alive.
     model_ref = weakref.ref(grad_model)
     image_shape = tuple(grad_model.inputs[0].shape[1:])
+    if not turns_fit(views, image_shape):
+        raise ValueError(f"90-degree views need a square model input, got {image_shape}")
+    sign = 1.0 if class_index == MALIGNANT else -1.0
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec((None, *image_shape), tf.float32),
-            tf.TensorSpec((), tf.float32),
-            tf.TensorSpec((), tf.int32),
-        ]
-    )
-    def gradcam(images: tf.Tensor, threshold: tf.Tensor, class_index: tf.Tensor):
+    @tf.function(input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)])
+    def gradcam(images: tf.Tensor):
+        # View-major: rows [v * N, (v + 1) * N) hold view v of every image.
+        batch = tf.concat([apply_view(images, view) for view in views], axis=0)
         with tf.GradientTape() as tape:
-            feature_maps, logit = model_ref()(images, training=False)
+            feature_maps, logit = model_ref()(batch, training=False)
             logit = tf.reshape(tf.cast(logit, tf.float32), [-1])
-            probability = tf.sigmoid(logit)
-            malignant = tf.where(
-                class_index == _PREDICTED_CLASS, probability >= threshold, class_index == 1
-            )
-            sign = tf.stop_gradient(tf.where(malignant, 1.0, -1.0))
             # Images are independent in inference mode, so the gradient of the sum holds
-            # each image's own gradient.
-            class_score = tf.reduce_sum(sign * logit)
+            # each view's own gradient.
+            class_score = sign * tf.reduce_sum(logit)
         gradients = tf.cast(tape.gradient(class_score, feature_maps), tf.float32)
         feature_maps = tf.cast(feature_maps, tf.float32)
         channel_weights = tf.reduce_mean(gradients, axis=(1, 2))
-        cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", feature_maps, channel_weights))
-        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-        usable = tf.logical_and(
-            tf.reduce_all(tf.math.is_finite(cam), axis=(1, 2), keepdims=True), peak > 0.0
-        )
-        heatmaps = tf.where(
-            usable, tf.clip_by_value(tf.math.divide_no_nan(cam, peak), 0.0, 1.0), 0.0
-        )
-        return probability, heatmaps
+        cams = tf.nn.relu(tf.einsum("nhwk,nk->nhw", feature_maps, channel_weights))[..., None]
+        registered = [
+            invert_view(cam, view)
+            for cam, view in zip(tf.split(cams, len(views), axis=0), views, strict=True)
+        ]
+        heatmaps = tf.reduce_mean(tf.stack(registered), axis=0)[..., 0]
+        finite = tf.reduce_all(tf.math.is_finite(heatmaps), axis=(1, 2), keepdims=True)
+        heatmaps = tf.where(finite, heatmaps, 0.0)
+        probability, spread = view_statistics(logit, len(views))
+        return probability, spread, heatmaps
 
     return gradcam
 
 
-def upsample_heatmap(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bilinear resize of an [h, w] map in [0, 1] to [height, width] float32."""
-    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32)).resize(
-        (width, height), Image.Resampling.BILINEAR
-    )
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+def collect_heatmap_peaks(
+    grad_model: keras.Model, batches: Iterable[np.ndarray | tf.Tensor], tta: int = 1
+) -> np.ndarray:
+    """The malignant maps' peaks of every image in batches of normalised model input."""
+    peaks = [
+        heatmap_peaks(predict_with_gradcam(grad_model, batch, tta).heatmaps) for batch in batches
+    ]
+    return np.concatenate(peaks) if peaks else np.zeros(0, np.float32)
 
 
-def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """Blend a jet-coloured heatmap onto an HxWx3 uint8 RGB image at the image's own size."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be HxWx3 uint8, got {image.shape} {image.dtype}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    height, width = image.shape[:2]
-    heat = upsample_heatmap(np.nan_to_num(heatmap, nan=0.0), width, height)
-    colour = JET_LUT[np.round(heat * 255.0).astype(np.uint8)]
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colour.astype(np.float32)
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+def heatmap_scale(
+    grad_model: keras.Model, batches: Iterable[np.ndarray | tf.Tensor], tta: int = 1
+) -> float | None:
+    """The model card's heatmap_scale from batches of normalised input (the validation split).
 
-
-def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of a uint8 image; level 1 is several times faster than PIL's default 6."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()
+    Use the exported model's Grad-CAM model (its card's logit layer) and the card's eval_tta,
+    so the scale is in the units of the maps the scorer makes by default.
+    """
+    return heatmap_scale_from_peaks(collect_heatmap_peaks(grad_model, batches, tta))

@@ -161,6 +161,7 @@ def render_report(
     gallery_totals: Mapping[str, int] | None = None,
     full_lists: Mapping[str, str] | None = None,
     extra_sections: Mapping[str, Sequence[Section]] | None = None,
+    heatmap_scale: float | None = None,
 ) -> str:
     """The whole report.html document; metrics None means no input had ground truth.
 
@@ -171,7 +172,8 @@ def render_report(
     ("images", "patients", "errors"); a kind without a file is only said to be capped.
     `extra_sections` adds sections a caller prepares, keyed by where they go: "top", or the name
     of the standard section they follow ("run", "headline", "plots", "magnification", "patients",
-    "gallery", "errors"), where they go even when that one is not shown.
+    "gallery", "errors"), where they go even when that one is not shown. `heatmap_scale` is the
+    model card's shared Grad-CAM scale the overlays were drawn on (None: each on its own peak).
     """
     full_lists = full_lists or {}
     # Every section both reports can have, in page order; None where it is not shown.
@@ -182,7 +184,7 @@ def render_report(
         "magnification": magnification_section(metrics),
         "patients": patients_section(patients, patient_cap, full_lists.get("patients")),
         "gallery": gallery_section(
-            gallery, gallery_totals, metrics is not None, full_lists.get("images")
+            gallery, gallery_totals, metrics is not None, full_lists.get("images"), heatmap_scale
         ),
         "errors": errors_section(errors, error_cap, full_lists.get("errors")),
     }

@@ -42,6 +42,12 @@ class ModelCard:
     class_names: list[str] = dataclasses.field(default_factory=lambda: list(CLASS_NAMES))
     last_conv_layer: str = LAST_CONV_LAYER
     logit_layer: str = CALIBRATED_LOGIT_LAYER
+    # Test-time views the threshold and test metrics were computed with (`model.tta`); the
+    # scorer's default --tta. Cards written before it existed mean 1.
+    eval_tta: int = 1
+    # Raw Grad-CAM value shown at full colour (`model.gradcam.heatmap_scale_from_peaks` on the
+    # validation split); None: each map shown on its own peak.
+    heatmap_scale: float | None = None
     preprocessing: dict[str, Any] = dataclasses.field(
         default_factory=lambda: default_preprocessing()
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from model.overlay import encode_png, overlay_heatmap
+
 REPORT_ASSETS_DIR = "report_assets"  # beside report.html: the gallery's downsized images
 GALLERY_WIDTH = 360  # pixels; the page shows pairs side by side, full-size files stay elsewhere
 
@@ -22,9 +24,5 @@ def gallery_pair(
     original: np.ndarray, heatmap: np.ndarray, max_width: int = GALLERY_WIDTH
 ) -> tuple[bytes, bytes]:
     """PNG bytes of the downsized original and of the overlay at that same size."""
-    # Imported here: model.gradcam loads TensorFlow, which the scorer's launcher (needing only
-    # REPORT_ASSETS_DIR) should not pay for or print TensorFlow's start-up lines for.
-    from model.gradcam import encode_png, overlay_heatmap
-
     small = downsize(original, max_width)
     return encode_png(small), encode_png(overlay_heatmap(small, heatmap))

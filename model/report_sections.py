@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from model.constants import CLASS_NAMES
+from model.constants import CLASS_NAMES, HEATMAP_SCALE_PERCENTILE
 from model.naming import basename
+from model.overlay import HEATMAP_MAX_ALPHA, JET_LUT
 
 GALLERY_CATEGORIES: tuple[str, ...] = ("confident_malignant", "confident_benign", "misclassified")
 
@@ -93,6 +94,8 @@ class GalleryItem:
     predicted_label: str
     true_label: str | None
     category: str  # one of GALLERY_CATEGORIES
+    p_std: float | None = None  # spread over the test-time views; None: not computed
+    heatmap_peak: float | None = None  # the raw map's maximum (predictions.csv's heatmap_peak)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +291,8 @@ def _gallery_card(item: GalleryItem) -> dict[str, Any]:
         "overlay_href": check_relative_href(item.overlay_href),
         "misclassified": item.category == "misclassified",
         "p": format_metric(float(item.p_malignant)),
+        "p_std": None if item.p_std is None else format_metric(float(item.p_std)),
+        "peak": None if item.heatmap_peak is None else f"{float(item.heatmap_peak):.3g}",
         "predicted": label_tag(item.predicted_label),
         "true": label_tag(item.true_label),
     }
@@ -298,8 +303,10 @@ def gallery_section(
     totals: Mapping[str, int] | None,
     has_ground_truth: bool,
     images_list: str | None,
+    heatmap_scale: float | None = None,
 ) -> Section:
-    """The Grad-CAM gallery by category; ValueError for an unknown category."""
+    """The Grad-CAM gallery by category, with what its maps show on which scale (the model
+    card's heatmap_scale; None: each map on its own peak); ValueError for an unknown category."""
     unknown = {item.category for item in gallery} - set(GALLERY_CATEGORIES)
     if unknown:
         raise ValueError(f"unknown gallery categories {sorted(unknown)}; use {GALLERY_CATEGORIES}")
@@ -323,8 +330,24 @@ def gallery_section(
         "has_ground_truth": has_ground_truth,
         "images_list": images_list,
         "categories": categories,
+        "heatmap": heatmap_key(heatmap_scale),
     }
     return Section("gallery", "Grad-CAM gallery", data)
+
+
+def heatmap_key(scale: float | None) -> dict[str, Any]:
+    """The overlays' colour key: their shared scale and CSS gradient stops of the colour and
+    opacity `model.overlay.overlay_heatmap` gives from no evidence (0) to the scale (1)."""
+    stops = []
+    for level in (0.0, 0.25, 0.5, 0.75, 1.0):
+        red, green, blue = (int(value) for value in JET_LUT[round(level * 255)])
+        stops.append(f"rgba({red},{green},{blue},{HEATMAP_MAX_ALPHA * level:.3f}) {level:.0%}")
+    return {
+        "scale": None if scale is None else f"{float(scale):.4g}",
+        "percentile": f"{HEATMAP_SCALE_PERCENTILE:g}",
+        "max_opacity": f"{HEATMAP_MAX_ALPHA:.0%}",
+        "gradient": ", ".join(stops),
+    }
 
 
 def errors_section(errors: Sequence[Mapping[str, Any]], cap: int, full_list: str | None) -> Section:

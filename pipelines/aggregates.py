@@ -135,9 +135,15 @@ def patient_row(keyed: tuple[tuple[str, str], PatientTally]) -> dict[str, Any]:
 QC_CLEAN = "qc_clean"
 
 
+def empty_heatmap_key(predicted_label: str) -> str:
+    """OutcomeCountsFn's key counting empty Grad-CAM maps (peak 0) of one predicted class."""
+    return f"empty_heatmap_{predicted_label}"
+
+
 class OutcomeCountsFn(beam.CombineFn):
     """ScoredImages -> {"scored", "labelled", "benign", "malignant", "qc_clean", <each QC flag>}
-    counts (an image with several flags counts once under each)."""
+    counts (an image with several flags counts once under each), and per predicted class the
+    Grad-CAM maps with no evidence at all (`empty_heatmap_key`: heatmap_peak == 0)."""
 
     def create_accumulator(self) -> dict[str, int]:
         """All counts zero."""
@@ -147,6 +153,7 @@ class OutcomeCountsFn(beam.CombineFn):
             **{name: 0 for name in CLASS_NAMES},
             QC_CLEAN: 0,
             **{flag: 0 for flag in QC_FLAGS},
+            **{empty_heatmap_key(name): 0 for name in CLASS_NAMES},
         }
 
     def add_input(self, accumulator: dict[str, int], record: ScoredImage) -> dict[str, int]:
@@ -157,6 +164,7 @@ class OutcomeCountsFn(beam.CombineFn):
         accumulator[QC_CLEAN] += int(is_qc_clean(record))
         for flag in qc_flags_of(record):
             accumulator[flag] += 1
+        accumulator[empty_heatmap_key(record.predicted_label)] += int(record.heatmap_peak == 0)
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -23,9 +23,18 @@ def csv_line(values: Iterable[Any]) -> str:
     # The writer quotes fields holding its line terminator's characters, so "\r\n" makes it
     # quote line breaks inside paths; the terminator itself is dropped (WriteToText adds one).
     csv.writer(buffer, lineterminator="\r\n").writerow(
-        [f"{value:.{P_DECIMALS}f}" if isinstance(value, float) else value for value in values]
+        [_float_text(value) if isinstance(value, float) else value for value in values]
     )
     return buffer.getvalue()[:-2]
+
+
+def _float_text(value: float) -> str:
+    """P_DECIMALS decimals; significant digits where those would write a non-zero value as 0
+    (a raw Grad-CAM peak of 3e-7 is weak evidence, not none)."""
+    text = f"{value:.{P_DECIMALS}f}"
+    if value != 0.0 and float(text) == 0.0:
+        return f"{value:.{P_DECIMALS}g}"
+    return text
 
 
 class WriteCsv(beam.PTransform):

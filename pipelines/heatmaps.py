@@ -16,14 +16,13 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from model import storage
 from model.naming import basename
+from model.overlay import encode_png, overlay_heatmap, scale_heatmap
 from model.quality import SizeRange
-from model.tensorflow_runtime import load_tensorflow
 from pipelines.rows import ScoredImage, scored_image, with_quality
 
 logger = logging.getLogger(__name__)
 
 HEATMAP_DIR = "heatmaps"
-HEATMAP_ALPHA = 0.4
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _STEM_LIMIT = 80
 HEATMAP_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{_STEM_LIMIT - 1}}}-[0-9a-f]{{16}}\.png")
@@ -47,26 +46,33 @@ def prediction_row(
     keyed: tuple[str, PredictionResult],
     heatmap_dir: str,
     threshold: float,
-    alpha: float = HEATMAP_ALPHA,
     expected_sizes: SizeRange | None = None,
+    heatmap_scale: float | None = None,
 ) -> ScoredImage:
     """(path, PredictionResult) -> its ScoredImage, writing the Grad-CAM overlay if there is one.
 
     The overlay has the size of the original kept for it (`PreparedImage.original`): the image's
-    own size, or at most OVERLAY_MAX_SIDE on the longer side for larger images. The row carries
-    the image's quality measures and flags (the size check against expected_sizes, if given).
+    own size, or at most OVERLAY_MAX_SIDE on the longer side for larger images. The map is shown
+    on the shared heatmap_scale (`model.overlay.scale_heatmap`; None: on its own peak). The row
+    carries the image's quality measures and flags (the size check against expected_sizes, if
+    given).
     """
     path, result = keyed
     score = result.inference
     heatmap_path = ""
     if score.heatmap is not None:
-        load_tensorflow()  # model.gradcam imports TensorFlow
-        from model.gradcam import encode_png, overlay_heatmap
-
-        overlay = overlay_heatmap(result.example.original, score.heatmap, alpha=alpha)
+        heat = scale_heatmap(score.heatmap, heatmap_scale)
+        overlay = overlay_heatmap(result.example.original, heat)
         heatmap_path = storage.join(heatmap_dir, heatmap_name(path))
         storage.write_bytes(heatmap_path, encode_png(overlay, compress_level=1))
-    row = scored_image(path, score.p_malignant, threshold, heatmap_path)
+    row = scored_image(
+        path,
+        score.p_malignant,
+        threshold,
+        heatmap_path,
+        p_std=score.p_std,
+        heatmap_peak=score.heatmap_peak,
+    )
     return with_quality(row, result.example.quality, expected_sizes)
 
 

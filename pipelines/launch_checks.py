@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from model import storage
-from model.constants import IMAGE_EXTENSIONS
+from model.constants import IMAGE_EXTENSIONS, TTA_CHOICES
 from model.naming import basename, is_image_file, printable_path
 from pipelines.inputs import (
     MANIFEST_COLUMN,
@@ -34,8 +34,11 @@ def check_flags(
     num_shards: int | None,
     max_file_mb: float,
     review_limit: int,
+    tta: int | None = None,
 ) -> None:
-    """Reject numeric flags outside their ranges."""
+    """Reject numeric flags outside their ranges (tta None: the model card's choice)."""
+    if tta is not None and tta not in TTA_CHOICES:
+        raise LaunchError(f"--tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {tta}")
     if not max_file_mb > 0:  # also false for NaN
         raise LaunchError(f"--max_file_mb must be above 0, got {max_file_mb}")
     if batch_size < 1:

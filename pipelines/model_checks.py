@@ -14,7 +14,14 @@ import os
 from typing import Any
 
 from model import storage
-from model.constants import CLASS_NAMES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, MODEL_CARD_FILE, MODEL_FILE
+from model.constants import (
+    CLASS_NAMES,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    MODEL_CARD_FILE,
+    MODEL_FILE,
+    TTA_CHOICES,
+)
 from model.keras_archive import KerasArchiveError, ModelOutline, read_outline
 from model.model_card import ModelCard, missing_export_files
 from model.preprocessing import NORMALIZATION
@@ -67,6 +74,14 @@ def card_problems(values: dict[str, Any]) -> list[str]:
         size_range_from_card(values.get("training_image_sizes"))
     except ValueError as error:
         problems.append(str(error))
+    eval_tta = values.get("eval_tta", 1)
+    if not (isinstance(eval_tta, int) and not isinstance(eval_tta, bool)) or (
+        eval_tta not in TTA_CHOICES
+    ):
+        problems.append(f"eval_tta {eval_tta!r} (need one of {', '.join(map(str, TTA_CHOICES))})")
+    scale = values.get("heatmap_scale")
+    if scale is not None and not (_is_number(scale) and math.isfinite(scale) and scale > 0):
+        problems.append(f"heatmap_scale {scale!r} (need a number above 0, or null)")
     return problems
 
 

@@ -3,11 +3,14 @@
 Beam's own TensorFlow handler imports `tensorflow_hub` and loads SavedModels; ours loads the
 training export's `model.keras` (through `model.model_card`, so `gs://` works), builds the
 Grad-CAM model once per worker process (RunInference shares it between the process's threads),
-and scores a whole batch with one call. Reading and decoding happen in `prepare_image`, the
-handler's preprocessing function (which also takes the input quality measures of the decoded
-image), and turning a result into its predictions.csv row (writing the Grad-CAM overlay, raising
-the quality flags) its post-processing function, so RunInference's exception handling routes
-unreadable files and failed writes to its dead-letter outputs.
+and scores a batch of `--batch_size` images with one call per forward pass. With `--tta K` a
+pass takes every one of the K views of each of its images, and at most `--batch_size` views
+(`model.tta.images_per_pass`), so the pass's memory does not grow with K. Reading and decoding
+happen in `prepare_image`, the handler's preprocessing function (which also takes the input
+quality measures of the decoded image), and turning a result into its predictions.csv row
+(writing the Grad-CAM overlay, raising the quality flags) its post-processing function, so
+RunInference's exception handling routes unreadable files and failed writes to its dead-letter
+outputs.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ class PreparedImage(NamedTuple):
 class ImageScore(NamedTuple):
     """The model's answer for one image."""
 
-    p_malignant: float
-    heatmap: np.ndarray | None  # float32 [h, w] in [0, 1] at the last conv layer's resolution
+    p_malignant: float  # sigmoid of the mean logit over the test-time views
+    heatmap: np.ndarray | None  # raw Grad-CAM of the malignant logit, float32 [h, w] >= 0
+    p_std: float = 0.0  # standard deviation of the views' probabilities
+    heatmap_peak: float | None = None  # the raw map's maximum (None without Grad-CAM)
 
 
 def read_and_prepare(
@@ -70,6 +75,8 @@ class LoadedScorer:
     model: Any  # keras.Model
     grad_model: Any | None  # keras.Model mapping input -> [conv maps, logit], or None
     model_id: str
+    # keras.Model mapping input -> logit: test-time views without Grad-CAM, else None
+    logit_model: Any | None = None
 
 
 class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedScorer]):
@@ -78,17 +85,18 @@ class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedSc
     def __init__(
         self,
         model_dir: str,
-        threshold: float,
         gradcam: bool = True,
         batch_size: int = 32,
         last_conv_layer: str | None = None,
         logit_layer: str | None = None,
+        tta: int = 1,
     ):
-        # Fixed-size batches (the last of a bundle may be smaller): the traced Grad-CAM
-        # function accepts any batch size, and equal sizes keep throughput predictable.
+        # Fixed-size batches of images (the last of a bundle may be smaller): the traced
+        # functions accept any batch size, and equal sizes keep throughput predictable.
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self._model_dir = model_dir
-        self._threshold = float(threshold)
+        self._batch_size = batch_size
+        self._tta = tta
         self._gradcam = gradcam
         self._last_conv_layer = last_conv_layer
         self._logit_layer = logit_layer
@@ -98,16 +106,20 @@ class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedSc
         load_tensorflow()
         from model.gradcam import gradcam_model
         from model.model_card import load_exported_model
+        from model.tta import logit_model
 
         start = time.perf_counter()
         model, card = load_exported_model(self._model_dir)
-        grad_model = None
+        logit_layer = self._logit_layer or card.logit_layer
+        grad_model = logits = None
         if self._gradcam:
             grad_model = gradcam_model(
                 model,
                 last_conv_layer=self._last_conv_layer or card.last_conv_layer,
-                logit_layer=self._logit_layer or card.logit_layer,
+                logit_layer=logit_layer,
             )
+        elif self._tta > 1:
+            logits = logit_model(model, logit_layer)
         logger.info(
             "Worker process %d loaded model %s from %s in %.1fs",
             os.getpid(),
@@ -115,7 +127,9 @@ class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedSc
             self._model_dir,
             time.perf_counter() - start,
         )
-        return LoadedScorer(model=model, grad_model=grad_model, model_id=card.model_id)
+        return LoadedScorer(
+            model=model, grad_model=grad_model, model_id=card.model_id, logit_model=logits
+        )
 
     def run_inference(
         self,
@@ -123,20 +137,46 @@ class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedSc
         model: LoadedScorer,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        """Score a batch with one forward pass (under a gradient tape when Grad-CAM is on)."""
-        from model.gradcam import predict_with_gradcam
+        """Score a batch: one forward pass (under a gradient tape with Grad-CAM) per chunk of
+        images whose views fit in --batch_size, each image's views in the same pass."""
+        from model.tta import images_per_pass
 
-        images = np.stack([item.model_input for item in batch])
-        if model.grad_model is not None:
-            probabilities, heatmaps = predict_with_gradcam(
-                model.grad_model, images, threshold=self._threshold
-            )
-        else:
-            probabilities = np.asarray(model.model.predict_on_batch(images)).reshape(-1)
-            heatmaps = [None] * len(batch)
+        step = images_per_pass(self._batch_size, self._tta)
+        scores: list[ImageScore] = []
+        for start in range(0, len(batch), step):
+            images = np.stack([item.model_input for item in batch[start : start + step]])
+            scores += self._score(images, model)
         return [
-            PredictionResult(item, ImageScore(float(p), heatmap), model.model_id)
-            for item, p, heatmap in zip(batch, probabilities, heatmaps, strict=True)
+            PredictionResult(item, score, model.model_id)
+            for item, score in zip(batch, scores, strict=True)
+        ]
+
+    def _score(self, images: np.ndarray, model: LoadedScorer) -> list[ImageScore]:
+        """The scores of one forward pass over every view of images."""
+        from model.gradcam import predict_with_gradcam
+        from model.overlay import heatmap_peaks
+        from model.tta import predict_with_tta
+
+        if model.grad_model is not None:
+            result = predict_with_gradcam(model.grad_model, images, tta=self._tta)
+            return [
+                ImageScore(float(p), heatmap, float(spread), float(peak))
+                for p, spread, heatmap, peak in zip(
+                    result.p_malignant,
+                    result.p_std,
+                    result.heatmaps,
+                    heatmap_peaks(result.heatmaps),
+                    strict=True,
+                )
+            ]
+        if self._tta == 1:  # the classifier's own output, as before test-time views
+            probabilities = np.asarray(model.model.predict_on_batch(images)).reshape(-1)
+            spreads = np.zeros_like(probabilities)
+        else:
+            probabilities, spreads = predict_with_tta(model.logit_model, images, self._tta)
+        return [
+            ImageScore(float(p), None, float(spread))
+            for p, spread in zip(probabilities, spreads, strict=True)
         ]
 
     def get_num_bytes(self, batch: Sequence[PreparedImage]) -> int:
@@ -162,20 +202,23 @@ def keyed_scoring_handler(
     last_conv_layer: str | None = None,
     logit_layer: str | None = None,
     expected_sizes: SizeRange | None = None,
+    tta: int = 1,
+    heatmap_scale: float | None = None,
 ) -> ModelHandler:
     """Path -> ScoredImage: reads in preprocessing, writes the overlay in post-processing.
 
     expected_sizes: the training images' size range from the model card, for the
-    unexpected_size flag (None: no size check).
+    unexpected_size flag (None: no size check). heatmap_scale is the model card's shared
+    Grad-CAM scale (None: each map by its own peak).
     """
     handler = KeyedModelHandler(
         GradCamModelHandler(
             model_dir,
-            threshold,
             gradcam=gradcam,
             batch_size=batch_size,
             last_conv_layer=last_conv_layer,
             logit_layer=logit_layer,
+            tta=tta,
         )
     )
     return handler.with_preprocess_fn(
@@ -188,5 +231,6 @@ def keyed_scoring_handler(
             heatmap_dir=heatmap_dir,
             threshold=threshold,
             expected_sizes=expected_sizes,
+            heatmap_scale=heatmap_scale,
         )
     )

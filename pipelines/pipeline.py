@@ -65,6 +65,8 @@ class ScoringConfig:
     progress_interval: float
     review_limit: int
     expected_sizes: SizeRange | None = None  # training image sizes from the card; None: no check
+    tta: int = 1  # test-time views per image (model.tta)
+    heatmap_scale: float | None = None  # the card's shared Grad-CAM scale, None: per image
 
 
 class ScoreImages(beam.PTransform):
@@ -94,6 +96,8 @@ class ScoreImages(beam.PTransform):
             last_conv_layer=config.last_conv_layer,
             logit_layer=config.logit_layer,
             expected_sizes=config.expected_sizes,
+            tta=config.tta,
+            heatmap_scale=config.heatmap_scale,
         )
         waiting = paths | "AwaitMatchCount" >> beam.Map(
             lambda path, _: path, AsSingleton(self._matched)

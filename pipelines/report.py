@@ -26,12 +26,12 @@ from model.html_report import (
     select_gallery,
     write_report,
 )
+from model.overlay import encode_png
 from model.plots import EVALUATION_PLOTS
 from model.preprocessing import bounded_copy, decode_rgb
 from model.quality_section import quality_section
 from model.report_assets import REPORT_ASSETS_DIR, downsize
 from model.report_sections import Section
-from model.tensorflow_runtime import load_tensorflow
 from pipelines.aggregates import MetricsInputs
 from pipelines.heatmaps import heatmap_name, overlay_href
 from pipelines.review import ReviewQueue
@@ -43,7 +43,15 @@ logger = logging.getLogger(__name__)
 PER_CATEGORY = 12
 MAX_MISCLASSIFIED = 48
 ERROR_SAMPLE = 200
-_GALLERY_FIELDS = ("image_path", "p_malignant", "predicted_label", "true_label", "heatmap_path")
+_GALLERY_FIELDS = (
+    "image_path",
+    "p_malignant",
+    "predicted_label",
+    "true_label",
+    "heatmap_path",
+    "p_std",
+    "heatmap_peak",
+)
 
 
 def gallery_category(row: Mapping[str, Any]) -> str:
@@ -100,12 +108,10 @@ class GalleryFn(beam.CombineFn):
 
 
 def _gallery_items(
-    picks: Mapping[str, Sequence[Mapping]], output_dir: str, max_bytes: int
+    picks: Mapping[str, Sequence[Mapping]], output_dir: str, max_bytes: int, views: int
 ) -> list[GalleryItem]:
-    """Write a downsized copy of each picked original; link it beside its overlay."""
-    load_tensorflow()  # model.gradcam imports TensorFlow
-    from model.gradcam import encode_png
-
+    """Write a downsized copy of each picked original; link it beside its overlay (with p_std
+    when the run scored several test-time views)."""
     items = []
     for category in GALLERY_CATEGORIES:
         for row in picks.get(category, []):
@@ -131,6 +137,8 @@ def _gallery_items(
                     predicted_label=row["predicted_label"],
                     true_label=row["true_label"] or None,
                     category=category,
+                    p_std=float(row["p_std"]) if views > 1 else None,
+                    heatmap_peak=row["heatmap_peak"],
                 )
             )
     return items
@@ -150,7 +158,8 @@ def write_scoring_report(
 ) -> str:
     """Render and write report.html (a Beam Map over the run's summary); returns its path."""
     picks, totals = gallery
-    items = _gallery_items(picks, output_dir, max_bytes) if gradcam else []
+    views = int(summary.get("tta") or 1)
+    items = _gallery_items(picks, output_dir, max_bytes, views) if gradcam else []
     patients = [
         dict(zip(PATIENT_COLUMNS, row, strict=True))
         for row in patient_table(metrics_inputs.patient_rows, threshold)
@@ -182,6 +191,7 @@ def write_scoring_report(
             "errors": "errors.csv",
         },
         extra_sections=_extra_sections(summary, metrics, review_data, threshold),
+        heatmap_scale=summary.get("heatmap_scale"),
     )
     return write_report(output_dir, html)
 
@@ -211,6 +221,9 @@ def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:
         "non_image_files_skipped",
         "output_files_excluded",
         "model_id",
+        "tta",
+        "heatmap_scale",
+        "empty_heatmaps",
         "runner",
         "direct_num_workers",
         "wall_time_seconds",

@@ -19,7 +19,7 @@ from model import storage
 from model.constants import CLASS_NAMES
 from model.evaluation import PATIENT_COLUMNS, patient_table, report_from_summaries
 from model.quality import QC_FLAGS, thresholds
-from pipelines.aggregates import POOLED, QC_CLEAN, MetricsInputs
+from pipelines.aggregates import POOLED, QC_CLEAN, MetricsInputs, empty_heatmap_key
 from pipelines.csv_output import csv_line
 
 logger = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def build_summary(counts: RunCounts, job: Mapping[str, Any], started_at: float) 
         "predictions_per_class": {name: counts.outcomes[name] for name in CLASS_NAMES},
         "labelled_images": counts.outcomes["labelled"],
         "quality_control": quality_summary(counts.outcomes, job),
+        **_empty_heatmaps(counts.outcomes, bool(job.get("gradcam"))),
         "non_image_files_skipped": counts.skipped,
         "output_files_excluded": counts.excluded,
         **job,
@@ -159,6 +160,15 @@ def quality_summary(outcomes: Mapping[str, int], job: Mapping[str, Any]) -> dict
         "size_check": job.get("expected_image_sizes") is not None,
         "thresholds": thresholds(),
     }
+
+
+def _empty_heatmaps(outcomes: Mapping[str, int], gradcam: bool) -> dict[str, Any]:
+    """How many Grad-CAM maps had no evidence at all (heatmap_peak 0), overall and per call;
+    null without Grad-CAM."""
+    if not gradcam:
+        return {"empty_heatmaps": None, "empty_heatmaps_per_class": None}
+    per_class = {name: outcomes[empty_heatmap_key(name)] for name in CLASS_NAMES}
+    return {"empty_heatmaps": sum(per_class.values()), "empty_heatmaps_per_class": per_class}
 
 
 def _iso(timestamp: float) -> str:

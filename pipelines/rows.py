@@ -9,6 +9,7 @@ from model.naming import parse_breakhis_name
 from model.quality import QualityMeasures, SizeRange, format_flags, parse_flags, quality_flags
 
 P_DECIMALS = 6
+PEAK_DIGITS = 6
 
 
 class ScoredImage(NamedTuple):
@@ -22,7 +23,7 @@ class ScoredImage(NamedTuple):
     magnification: str
     subtype: str
     heatmap_path: str
-    # Issue 8's columns, filled by the parts that compute them (defaults: not computed).
+    # Defaults: not computed (no Grad-CAM, one view, no quality measures).
     heatmap_peak: float | None = None  # the Grad-CAM map's maximum before scaling
     p_std: float = 0.0  # spread of P(malignant) over the test-time augmentation views
     qc_flags: str = ""  # ";"-separated input quality flags, empty when clean
@@ -43,7 +44,14 @@ PREDICTION_COLUMNS: tuple[str, ...] = ScoredImage._fields
 ERROR_COLUMNS: tuple[str, ...] = ScoringError._fields
 
 
-def scored_image(path: str, p_malignant: float, threshold: float, heatmap_path: str) -> ScoredImage:
+def scored_image(
+    path: str,
+    p_malignant: float,
+    threshold: float,
+    heatmap_path: str,
+    p_std: float = 0.0,
+    heatmap_peak: float | None = None,
+) -> ScoredImage:
     """The prediction row of one image, with ground truth parsed from a BreakHis file name."""
     # The rounded score is the one written, thresholded and aggregated, so predictions.csv,
     # predicted_label and metrics.json always agree with one another.
@@ -58,6 +66,8 @@ def scored_image(path: str, p_malignant: float, threshold: float, heatmap_path: 
         magnification=info.magnification if info else "",
         subtype=info.subtype if info else "",
         heatmap_path=heatmap_path,
+        heatmap_peak=None if heatmap_peak is None else significant(heatmap_peak),
+        p_std=round(float(p_std), P_DECIMALS),
     )
 
 
@@ -83,3 +93,8 @@ def is_qc_clean(record: ScoredImage) -> bool:
 def qc_flags_of(record: ScoredImage) -> tuple[str, ...]:
     """The flags a row's qc_flags lists."""
     return parse_flags(record.qc_flags)
+
+
+def significant(value: float, digits: int = PEAK_DIGITS) -> float:
+    """value to `digits` significant digits: raw map peaks span many orders of magnitude."""
+    return float(f"{float(value):.{digits}g}")

@@ -1,8 +1,8 @@
 """Batch-score histopathology images with a training export, on any Beam runner.
 
     python -m pipelines.score --input 'images/**' --model_dir export/ --output_dir scores/ \
-        [--no_gradcam] [--batch_size 32] [--max_error_fraction 0.05] [--max_file_mb 256] \
-        [--review_limit 1000] [--overwrite] [-v] [Beam options]
+        [--no_gradcam] [--tta 1|2|4|8] [--batch_size 32] [--max_error_fraction 0.05] \
+        [--max_file_mb 256] [--review_limit 1000] [--overwrite] [-v] [Beam options]
 
 Flow (pipelines/pipeline.py): MatchImages -> ScoreImages (RunInference: read + decode +
 preprocess, one batched forward pass giving P(malignant) and Grad-CAM, overlay written in
@@ -90,10 +90,20 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "--no_gradcam", action="store_true", help="score only; no heatmaps (faster)"
     )
     parser.add_argument(
+        "--tta",
+        type=int,
+        default=None,
+        help="test-time augmentation: score 1, 2, 4 or 8 dihedral views of each image (turns "
+        "and mirrors, see model/tta.py); p is the sigmoid of their mean logit and p_std their "
+        "spread. Default: the model card's eval_tta (the views its threshold was chosen with), "
+        "1 for exports without it",
+    )
+    parser.add_argument(
         "--batch_size",
         type=int,
         default=DEFAULT_BATCH_SIZE,
-        help="images per forward pass (default %(default)s)",
+        help="images per RunInference batch, and at most this many views per forward pass "
+        "(batch_size // tta images with all their views; default %(default)s)",
     )
     parser.add_argument(
         "--max_error_fraction",
@@ -173,10 +183,24 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
         args.num_shards,
         args.max_file_mb,
         args.review_limit,
+        args.tta,
     )
     check_remote_locations(runner, [*args.input, args.model_dir, args.output_dir])
     patterns = check_inputs(args.input, args.output_dir)
     card = check_model_export(args.model_dir, gradcam=not args.no_gradcam)
+    tta = card.eval_tta if args.tta is None else args.tta
+    if tta != card.eval_tta:
+        logger.warning(
+            "--tta %d, but the model's threshold was chosen on p from %d view(s) (its card's "
+            "eval_tta): calls near the threshold may differ from the training job's",
+            tta,
+            card.eval_tta,
+        )
+    if not args.no_gradcam and card.heatmap_scale is None:
+        logger.warning(
+            "The model card has no heatmap_scale: each heatmap is shown on its own peak, so "
+            "colours are not comparable between images (compare heatmap_peak instead)"
+        )
     earlier = check_output_dir(args.output_dir, args.overwrite)
     num_shards = args.num_shards
     if num_shards is None:
@@ -199,6 +223,8 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
         review_limit=args.review_limit,
         # Cards made before input quality control record no sizes: no unexpected_size check.
         expected_sizes=size_range_from_card(card.training_image_sizes),
+        tta=tta,
+        heatmap_scale=card.heatmap_scale,
     )
     return config, earlier
 
@@ -233,6 +259,8 @@ def launch(
         "threshold": config.threshold,
         "image_size": config.image_size,
         "gradcam": config.gradcam,
+        "tta": config.tta,
+        "heatmap_scale": config.heatmap_scale if config.gradcam else None,
         "input": list(args.input),
         "output_dir": config.output_dir,
         "batch_size": config.batch_size,
@@ -244,13 +272,14 @@ def launch(
         **runner,
     }
     logger.info(
-        "Run %s: scoring %s with model %s (image size %d, threshold %.3f, Grad-CAM %s) on the "
-        "%s; outputs in %s",
+        "Run %s: scoring %s with model %s (image size %d, threshold %.3f, %d view(s) per "
+        "image, Grad-CAM %s) on the %s; outputs in %s",
         config.run_id,
         " ".join(config.patterns),
         config.model_id,
         config.image_size,
         config.threshold,
+        config.tta,
         "on" if config.gradcam else "off",
         runner["runner"],
         config.output_dir,

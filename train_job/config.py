@@ -79,6 +79,12 @@ class TrainConfig:
     mixed_precision: bool = flag(False, "Train in mixed float16 (GPUs)")
     cache: bool = flag(True, "Cache decoded images in memory across epochs", result=False)
     augment: bool = flag(True, "Augment training images (turns, flips, rotation, zoom, shift)")
+    eval_tta: int = flag(
+        1,
+        "Test-time views (1, 2, 4 or 8 turns and mirrors, model/tta.py) whose mean logit gives "
+        "the validation p the threshold is chosen on and the test p; recorded in the card as "
+        "the scorer's default --tta",
+    )
     steps_per_epoch: int | None = flag(
         None, "Cap on training steps per epoch (smoke runs); default: the whole training split"
     )

@@ -15,31 +15,54 @@ from model.architecture import with_temperature
 from model.calibration import TemperatureFit, calibrated_probability, fit_temperature
 from model.constants import CLASS_NAMES, LOGIT_LAYER
 from model.evaluation import evaluate
+from model.gradcam import gradcam_model, heatmap_scale
 from model.labels import label_index
 from model.metrics import choose_threshold
+from model.tta import logit_model, pass_chunks, predict_mean_logit, predict_with_tta
 
 logger = logging.getLogger(__name__)
 
 MIN_VALIDATION_PATIENTS = 3
 
 
-def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """P(malignant) for every element of an unshuffled dataset, in order."""
-    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+def predict(
+    model: keras.Model, dataset: tf.data.Dataset, tta: int = 1, logit_layer: str = LOGIT_LAYER
+) -> np.ndarray:
+    """P(malignant) for every element of an unshuffled dataset, in order.
+
+    With tta > 1, the sigmoid of each image's mean logit over its test-time views (`model.tta`),
+    as the scorer computes it with the same --tta.
+    """
+    if tta == 1:
+        return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+    logits_of = logit_model(model, logit_layer)
+    batches = (images for images, *_ in dataset)
+    scores = [predict_with_tta(logits_of, chunk, tta)[0] for chunk in pass_chunks(batches, tta)]
+    return np.concatenate(scores).astype(np.float64) if scores else np.zeros(0)
 
 
-def predict_logits(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """The trained (uncalibrated) logit of every element of an unshuffled dataset, in order."""
-    logit_model = keras.Model(model.input, model.get_layer(LOGIT_LAYER).output)
-    return np.asarray(logit_model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+def predict_logits(model: keras.Model, dataset: tf.data.Dataset, tta: int = 1) -> np.ndarray:
+    """The trained (uncalibrated) logit of every element of an unshuffled dataset, in order;
+    with tta > 1, each image's mean logit over its test-time views."""
+    logits_of = logit_model(model, LOGIT_LAYER)
+    if tta == 1:
+        return np.asarray(logits_of.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+    batches = (images for images, *_ in dataset)
+    logits = [predict_mean_logit(logits_of, chunk, tta) for chunk in pass_chunks(batches, tta)]
+    return np.concatenate(logits).astype(np.float64) if logits else np.zeros(0)
 
 
 def calibrate(
-    model: keras.Model, rows: Sequence[dict], dataset: tf.data.Dataset, method: str
+    model: keras.Model,
+    rows: Sequence[dict],
+    dataset: tf.data.Dataset,
+    method: str,
+    tta: int = 1,
 ) -> tuple[keras.Model, TemperatureFit, np.ndarray]:
-    """Fit the temperature on the validation split: (the classifier with T built in, the fit,
-    the calibrated validation P(malignant) in split order)."""
-    logits = predict_logits(model, dataset)
+    """Fit the temperature on the validation split's logits (mean over tta views): (the
+    classifier with T built in, the fit, the calibrated validation P(malignant) in split order,
+    which is what `predict` gives for the returned model with the same tta)."""
+    logits = predict_logits(model, dataset, tta)
     fit = fit_temperature([label_index(row["label"]) for row in rows], logits, method)
     return (
         with_temperature(model, fit.temperature),
@@ -126,3 +149,15 @@ def plot_files(rows: Sequence[dict], p_malignant: np.ndarray, report: dict) -> d
 def report_json(report: dict) -> str:
     """metrics.json text (strict JSON: undefined values are null)."""
     return json.dumps(report, indent=2, allow_nan=False) + "\n"
+
+
+def validation_heatmap_scale(
+    model: keras.Model, dataset: tf.data.Dataset, tta: int, logit_layer: str = LOGIT_LAYER
+) -> float | None:
+    """The card's heatmap_scale, from the exported model's malignant maps on a dataset of
+    (image, label) batches (the validation split), at the card's eval_tta."""
+    grad_model = gradcam_model(model, logit_layer=logit_layer)
+    batches = pass_chunks((images for images, *_ in dataset), tta)
+    scale = heatmap_scale(grad_model, batches, tta)
+    logger.info("Grad-CAM heatmap scale (validation split, %d view(s)): %s", tta, scale)
+    return scale

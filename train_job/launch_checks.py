@@ -10,7 +10,7 @@ import os
 
 from model import storage
 from model.calibration import CALIBRATION_METHODS
-from model.constants import MAGNIFICATIONS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from model.constants import MAGNIFICATIONS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TTA_CHOICES
 from model.naming import parse_breakhis_name
 from train_job.config import TrainConfig
 
@@ -51,6 +51,8 @@ def _flag_problems(c: TrainConfig):
             yield f"--{name} must be above 0, got {getattr(c, name)}"
     if not 0 <= c.dropout < 1:
         yield f"--dropout must be in [0, 1), got {c.dropout}"
+    if c.eval_tta not in TTA_CHOICES:
+        yield f"--eval_tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {c.eval_tta}"
     if c.steps_per_epoch is not None:
         yield _at_least("steps_per_epoch", c.steps_per_epoch, 1)
     if not c.max_file_mb > 0:

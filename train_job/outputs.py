@@ -54,6 +54,7 @@ class TrainingOutcome:
     class_weights: dict[int, float]
     test_p: np.ndarray
     calibration: TemperatureFit
+    heatmap_scale: float | None = None  # model.gradcam.heatmap_scale on the validation split
 
 
 def write_outputs(
@@ -85,6 +86,8 @@ def write_outputs(
         max_bytes=max_bytes_from_mb(config.max_file_mb),
         logit_layer=card.logit_layer,
         calibration=card.calibration,
+        tta=config.eval_tta,
+        heatmap_scale=outcome.heatmap_scale,
     )
     write_card(card, work_dir)
     logger.info("Wrote the export's files and, last, its card into %s", work_dir)
@@ -110,6 +113,8 @@ def model_card(config: TrainConfig, outcome: TrainingOutcome) -> ModelCard:
         logit_layer=CALIBRATED_LOGIT_LAYER,
         temperature=outcome.calibration.temperature,
         calibration=outcome.calibration.card_entry(),
+        eval_tta=config.eval_tta,
+        heatmap_scale=outcome.heatmap_scale,
         training_config={
             **dataclasses.asdict(config),
             "replicas": outcome.replicas,
@@ -172,6 +177,8 @@ def _report_summary(config: TrainConfig, card: ModelCard, outcome: TrainingOutco
         "threshold": round(float(outcome.threshold), 4),
         "calibration": config.calibration,
         "temperature": round(outcome.calibration.temperature, 4),
+        "eval_tta": config.eval_tta,
+        "heatmap_scale": card.heatmap_scale,
     }
 
 
@@ -187,6 +194,12 @@ def _report_notes(config: TrainConfig, outcome: TrainingOutcome) -> list[str]:
         f"Decision threshold {outcome.threshold:.4f}: {outcome.threshold_rule}",
     ]
     notes.append(_calibration_note(outcome.calibration))
+    if config.eval_tta > 1:
+        notes.append(
+            f"Validation and test p are the sigmoid of each image's mean logit over "
+            f"{config.eval_tta} test-time views (turns and mirrors; --eval_tta), as the scorer "
+            "computes them by default."
+        )
     if config.weights == "none":
         notes.append("Trained without ImageNet weights (random initialisation).")
     return notes

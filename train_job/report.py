@@ -17,10 +17,12 @@ from model.evaluation import PATIENT_COLUMNS, patient_rows_from_records, patient
 from model.gradcam import gradcam_model, predict_with_gradcam
 from model.html_report import GalleryItem, render_report, select_gallery
 from model.labels import predicted_label
+from model.overlay import scale_heatmap
 from model.plots import EVALUATION_PLOTS, TRAINING_CURVES_PLOT
 from model.preprocessing import prepare_image
 from model.report_assets import REPORT_ASSETS_DIR, gallery_pair
 from model.report_sections import Section
+from model.tta import pass_chunks
 from train_job.data import Discovery
 from train_job.evaluation import evaluation_records
 
@@ -68,11 +70,13 @@ def write_training_report(
     max_bytes: int = storage.DEFAULT_MAX_BYTES,
     logit_layer: str = CALIBRATED_LOGIT_LAYER,
     calibration: Mapping[str, Any] | None = None,
+    tta: int = 1,
+    heatmap_scale: float | None = None,
 ) -> str:
     """Compute Grad-CAM for the gallery's test images and write report.html into work_dir.
 
-    logit_layer is the card's: its sigmoid is the model's (calibrated) output, so each map
-    explains the class the threshold gives.
+    The maps are the scorer's: the malignant evidence (Grad-CAM of the card's logit_layer) over
+    `tta` views, on the shared heatmap_scale (None: each on its own peak).
     """
     rows = prediction_rows(split_rows, p_malignant, threshold)
     selected = select_gallery(rows)
@@ -86,12 +90,18 @@ def write_training_report(
         batch = np.stack([model_input for model_input, _ in prepared])
         originals = [original for _, original in prepared]
         grad_model = gradcam_model(model, logit_layer=logit_layer)
-        _, heatmaps = predict_with_gradcam(grad_model, batch, threshold)
+        results = [
+            predict_with_gradcam(grad_model, chunk, tta) for chunk in pass_chunks([batch], tta)
+        ]
+        heatmaps = np.concatenate([result.heatmaps for result in results])
+        spreads = np.concatenate([result.p_std for result in results])
         os.makedirs(os.path.join(work_dir, REPORT_ASSETS_DIR), exist_ok=True)
-        for index, ((category, row), original, heatmap) in enumerate(
-            zip(chosen, originals, heatmaps, strict=True)
+        for index, ((category, row), original, heatmap, spread) in enumerate(
+            zip(chosen, originals, heatmaps, spreads, strict=True)
         ):
-            original_png, overlay_png = gallery_pair(original, heatmap)
+            original_png, overlay_png = gallery_pair(
+                original, scale_heatmap(heatmap, heatmap_scale)
+            )
             stem = f"{REPORT_ASSETS_DIR}/{index:03d}"
             for suffix, data in (("original", original_png), ("overlay", overlay_png)):
                 with open(os.path.join(work_dir, f"{stem}_{suffix}.png"), "wb") as handle:
@@ -105,6 +115,8 @@ def write_training_report(
                     predicted_label=row["predicted_label"],
                     true_label=row["true_label"],
                     category=category,
+                    p_std=float(spread) if tta > 1 else None,
+                    heatmap_peak=float(heatmap.max(initial=0.0)),
                 )
             )
     errors = [
@@ -129,6 +141,7 @@ def write_training_report(
         summary=summary,
         notes=notes,
         extra_sections=_extra_sections(calibration),
+        heatmap_scale=heatmap_scale,
     )
     path = os.path.join(work_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:

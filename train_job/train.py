@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from model import storage
 from model.architecture import build_classifier
+from model.constants import CALIBRATED_LOGIT_LAYER
 from model.labels import label_index
 from model.model_card import ModelCard
 from model.storage import max_bytes_from_mb
@@ -29,7 +30,13 @@ from train_job.checkpoint import Checkpoints
 from train_job.config import TrainConfig, normalized, result_settings
 from train_job.dataset import class_weights_for, evaluation_dataset, training_stream
 from train_job.distribute import choose_strategy, is_chief
-from train_job.evaluation import calibrate, decision_threshold, evaluation_report, predict
+from train_job.evaluation import (
+    calibrate,
+    decision_threshold,
+    evaluation_report,
+    predict,
+    validation_heatmap_scale,
+)
 from train_job.export import HISTORY_FILE, LOG_DIR, publish
 from train_job.fit import fit_phases
 from train_job.launch_checks import check_flags
@@ -136,14 +143,24 @@ def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks)
         storage.join(work_dir, LOG_DIR),
         callbacks,
     )
+    # One rule: the temperature is fitted and the threshold chosen on p computed as the p they
+    # are applied to (the test split's, and the scorer's at its default --tta, the card's
+    # eval_tta): the mean logit over the views, divided by T.
     with strategy.scope():  # so the calibrated model predicts on every replica, as the fitted one
         model, calibration, validation_p = calibrate(
-            model, split.by_split["validation"], evaluation["validation"], config.calibration
+            model,
+            split.by_split["validation"],
+            evaluation["validation"],
+            config.calibration,
+            config.eval_tta,
         )
     threshold, rule = decision_threshold(split.by_split["validation"], validation_p)
-    test_p = predict(model, evaluation["test"])
+    test_p = predict(model, evaluation["test"], config.eval_tta, CALIBRATED_LOGIT_LAYER)
     report = evaluation_report(split.by_split["test"], test_p, threshold)
     _log_headline(report)
+    scale = validation_heatmap_scale(
+        model, evaluation["validation"], config.eval_tta, CALIBRATED_LOGIT_LAYER
+    )
     outcome = TrainingOutcome(
         rows=split.rows,
         by_split=split.by_split,
@@ -158,6 +175,7 @@ def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks)
         class_weights=class_weights,
         test_p=test_p,
         calibration=calibration,
+        heatmap_scale=scale,
     )
     return model, outcome
 

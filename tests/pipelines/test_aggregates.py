@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 
@@ -165,13 +166,17 @@ def test_patient_tallies_match_the_exact_patient_rows():
         assert_that(rows, equal_to(expected_rows))
 
 
-def test_outcome_counts_cover_labelled_and_unlabelled_predictions_and_quality_flags():
+def test_outcome_counts_cover_labelled_and_unlabelled_predictions_quality_flags_and_empty_maps():
     records = _records()
-    # Every fifth image out of focus, every seventh also (or only) low on tissue.
+    # Every fifth image out of focus, every seventh also (or only) low on tissue. Peaks: none
+    # (no Grad-CAM) for the first, then empty (0.0) for every third, else evidence.
     for index in range(len(records)):
         flags = [LOW_TISSUE] * (index % 7 == 0) + [OUT_OF_FOCUS] * (index % 5 == 0)
-        records[index] = records[index]._replace(qc_flags=format_flags(flags))
+        peak = None if index == 0 else (0.0 if index % 3 == 0 else 0.01 * index)
+        records[index] = records[index]._replace(qc_flags=format_flags(flags), heatmap_peak=peak)
     malignant = sum(r.predicted_label == "malignant" for r in records)
+    empty = collections.Counter(r.predicted_label for r in records if r.heatmap_peak == 0.0)
+    assert sum(empty.values()) > 0
     with test_pipeline.TestPipeline() as pipeline:
         counts = pipeline | beam.Create(records) | beam.CombineGlobally(OutcomeCountsFn())
         assert_that(
@@ -188,6 +193,8 @@ def test_outcome_counts_cover_labelled_and_unlabelled_predictions_and_quality_fl
                         NOT_HE_STAINED: 0,
                         OUT_OF_FOCUS: len(range(0, len(records), 5)),
                         UNEXPECTED_SIZE: 0,
+                        "empty_heatmap_benign": empty["benign"],
+                        "empty_heatmap_malignant": empty["malignant"],
                     }
                 ]
             ),

@@ -86,7 +86,7 @@ def test_a_calibrated_export_scores_sigmoid_of_logit_over_t(
     export_dir, logits = calibrated_export
     card = check_model_export(export_dir)
     assert card.temperature == TEMPERATURE
-    handler = GradCamModelHandler(export_dir, threshold=0.5, gradcam=gradcam)
+    handler = GradCamModelHandler(export_dir, gradcam=gradcam)
     paths = scoring_inputs.labelled
     batch = [read_and_prepare(p, IMAGE_SIZE, gradcam, max_bytes=2**20)[1] for p in paths]
     results = handler.run_inference(batch, handler.load_model())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -120,6 +121,41 @@ def test_bad_numeric_flags_are_rejected(tmp_path, scoring_inputs, tiny_export, c
     assert "--review_limit must be 0 (no review file) or more, got -1" in error
 
 
+@pytest.mark.parametrize("views", ["3", "0", "16"])
+def test_a_view_count_other_than_1_2_4_8_is_refused_in_one_line(
+    tmp_path, scoring_inputs, tiny_export, capsys, views
+):
+    argv = _argv([scoring_inputs.labelled[0]], tiny_export, tmp_path / "out")
+    error = _main_error(argv + ["--tta", views], capsys)
+    assert error == f"error: --tta must be one of 1, 2, 4, 8, got {views}\n"
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def _resolved(argv, caplog):
+    args, _ = score.parse_args(argv)
+    with caplog.at_level(logging.WARNING, logger="pipelines.score"):
+        config, _ = score.resolve_config(args, "DirectRunner")
+    return config, caplog.text
+
+
+def test_the_default_view_count_and_heatmap_scale_come_from_the_card(
+    tmp_path, scoring_inputs, tiny_export, caplog
+):
+    old = _argv([scoring_inputs.labelled[0]], tiny_export, tmp_path / "old")
+    config, warnings = _resolved(old, caplog)
+    assert (config.tta, config.heatmap_scale) == (1, None)  # an export from before the fields
+    assert "no heatmap_scale" in warnings
+    caplog.clear()
+
+    export = _export_with_card(tmp_path, tiny_export, eval_tta=4, heatmap_scale=0.25)
+    argv = _argv([scoring_inputs.labelled[0]], export, tmp_path / "out")
+    config, warnings = _resolved(argv, caplog)
+    assert (config.tta, config.heatmap_scale) == (4, 0.25) and warnings == ""
+    config, warnings = _resolved(argv + ["--tta", "8"], caplog)
+    assert config.tta == 8  # the flag wins, with a warning about the threshold's views
+    assert "--tta 8, but the model's threshold was chosen on p from 4 view(s)" in warnings
+
+
 _DROP = object()  # a card change that removes the field
 
 
@@ -154,6 +190,11 @@ def _export_with_card(tmp_path, tiny_export, **changes) -> pathlib.Path:
         ({"image_size": 100000}, "image_size 100000 (need an integer from 32 to 512)"),
         ({"model_id": 7}, "model_id 7 (need a string)"),
         ({"last_conv_layer": None}, "last_conv_layer None (need a layer name)"),
+        ({"eval_tta": 3}, "eval_tta 3 (need one of 1, 2, 4, 8)"),
+        ({"eval_tta": "4"}, "eval_tta '4' (need one of 1, 2, 4, 8)"),
+        ({"eval_tta": True}, "eval_tta True (need one of 1, 2, 4, 8)"),
+        ({"heatmap_scale": 0}, "heatmap_scale 0 (need a number above 0, or null)"),
+        ({"heatmap_scale": "big"}, "heatmap_scale 'big' (need a number above 0, or null)"),
     ],
 )
 def test_a_card_field_of_the_wrong_type_or_range_stops_the_job_in_one_line(

@@ -112,10 +112,15 @@ def test_csv_lines_round_trip_awkward_paths():
     assert parsed == ['/data/a,b/"quoted"/x.png', "0.123457", "line\nbreak", ""]
 
 
-def _prediction(original: np.ndarray, p: float) -> PredictionResult:
-    heatmap = np.array([[0.0, 1.0], [0.5, 0.25]], dtype=np.float32)
+def _prediction(
+    original: np.ndarray, p: float, heatmap: np.ndarray | None = None, p_std: float = 0.0
+) -> PredictionResult:
+    if heatmap is None:
+        heatmap = np.array([[0.0, 1.0], [0.5, 0.25]], dtype=np.float32)
+    peak = float(heatmap.max())
     return PredictionResult(
-        PreparedImage(np.zeros((32, 32, 3), np.float32), original), ImageScore(p, heatmap)
+        PreparedImage(np.zeros((32, 32, 3), np.float32), original),
+        ImageScore(p, heatmap, p_std, peak),
     )
 
 
@@ -127,6 +132,44 @@ def test_the_prediction_row_writes_the_overlay_at_the_kept_original_size(tmp_pat
     with Image.open(row.heatmap_path) as heatmap:
         assert heatmap.size == (14, 10) and heatmap.mode == "RGB"
         assert np.asarray(heatmap).std() > 0  # coloured by the map, not a flat copy
+
+
+def test_the_row_records_p_std_and_the_raw_peak_the_overlay_is_drawn_from(tmp_path):
+    original = np.random.default_rng(0).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    raw = np.array([[0.0, 0.003], [0.0015, 0.0]], dtype=np.float32)
+
+    def overlay_of(name, heatmap, scale):
+        row = prediction_row(
+            (f"/in/{name}.png", _prediction(original, 0.3, heatmap, p_std=0.01234567)),
+            str(tmp_path),
+            0.5,
+            heatmap_scale=scale,
+        )
+        with Image.open(row.heatmap_path) as image:
+            return row, np.abs(np.asarray(image, dtype=int) - original)
+
+    row, faint = overlay_of("faint", raw, 0.012)  # a quarter of the shared scale
+    assert row.heatmap_peak == pytest.approx(0.003) and row.p_std == 0.012346
+    _, strong = overlay_of("strong", raw * 4, 0.012)  # at the scale: full colour
+    assert 0 < faint.max() < strong.max() / 2
+    # Without a shared scale each map is drawn on its own peak: both look the same.
+    _, own = overlay_of("own", raw, None)
+    np.testing.assert_array_equal(own, strong)
+    # A map with no evidence leaves the image exactly as it is, on either scale.
+    for scale in (0.012, None):
+        row, empty = overlay_of("empty", np.zeros((2, 2), np.float32), scale)
+        assert row.heatmap_peak == 0.0 and empty.max() == 0
+
+
+def test_rows_keep_significant_digits_of_small_raw_peaks_so_only_none_reads_as_zero():
+    row = scored_image("/x/a.png", 0.5, 0.5, "h.png", p_std=0.1, heatmap_peak=1.23456789e-7)
+    assert row.heatmap_peak == 1.23457e-7
+    line = next(csv.reader(io.StringIO(csv_line(row))))
+    assert line[7:10] == ["h.png", "1.23457e-07", "0.100000"]
+    assert float(line[8]) > 0
+    empty = next(csv.reader(io.StringIO(csv_line(row._replace(heatmap_peak=0.0)))))
+    assert empty[8] == "0.000000"
+    assert scored_image("/x/a.png", 0.5, 0.5, "").heatmap_peak is None  # no Grad-CAM
 
 
 def test_a_failed_heatmap_write_becomes_an_error_row_through_runinference(

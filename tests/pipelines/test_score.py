@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import pathlib
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -205,7 +207,10 @@ def test_one_heatmap_per_prediction_at_the_image_size(in_memory_run, scoring_inp
             np.asarray(heatmap, dtype=np.int16)
             - np.asarray(original.convert("RGB"), dtype=np.int16)
         )
-        assert difference.mean() > 1.0, "the overlay should colour the image"
+        if float(row["heatmap_peak"]) > 0:
+            assert difference.mean() > 1.0, "the overlay should colour the image"
+        else:  # no evidence for malignancy: the image as it is
+            assert difference.max() == 0
 
 
 def test_plots_are_written_as_images(in_memory_run):
@@ -229,6 +234,14 @@ def test_summary_counts_add_up(in_memory_run, scoring_inputs):
     assert summary["model_id"] == "tiny-test" and summary["image_size"] == IMAGE_SIZE
     assert summary["runner"] == "DirectRunner" and summary["direct_running_mode"] == "in_memory"
     assert summary["wall_time_seconds"] > 0
+    # An export from before test-time views and heatmap scales: one view, maps on their peaks.
+    assert summary["tta"] == 1 and summary["heatmap_scale"] is None
+    empty = collections.Counter(r["predicted_label"] for r in rows if float(r["heatmap_peak"]) == 0)
+    assert summary["empty_heatmaps_per_class"] == {
+        name: empty[name] for name in ("benign", "malignant")
+    }
+    assert summary["empty_heatmaps"] == sum(empty.values())
+    assert {row["p_std"] for row in rows} == {"0.000000"}
 
 
 def test_the_model_is_loaded_once_and_run_once_per_batch(in_memory_run, scoring_inputs):
@@ -322,7 +335,10 @@ def test_no_gradcam_on_unlabelled_images_writes_predictions_only(
     assert not (output_dir / "metrics.json").exists() and not (output_dir / "plots").exists()
     assert read_csv(str(output_dir / "errors.csv")) == []  # header only, still written
     assert read_header(str(output_dir / "errors.csv")) == ["image_path", "error_type", "message"]
-    assert read_json(str(output_dir / "summary.json"))["labelled_images"] == 0
+    summary = read_json(str(output_dir / "summary.json"))
+    assert summary["labelled_images"] == 0
+    assert summary["empty_heatmaps"] is None and summary["heatmap_scale"] is None
+    assert {row["heatmap_peak"] for row in rows} == {""} and summary["tta"] == 1
 
 
 def test_main_exits_non_zero_when_too_many_inputs_fail_and_logs_progress(
@@ -354,3 +370,52 @@ def test_main_exits_non_zero_when_too_many_inputs_fail_and_logs_progress(
 
     # The same folder again: its earlier outputs are replaced, as --overwrite asks.
     assert score.main(argv + ["--max_error_fraction", "0.75", "--overwrite"]) == 0
+
+
+def _tint(row: dict[str, str]) -> np.ndarray:
+    """How far each overlay pixel is from the original's."""
+    with Image.open(row["heatmap_path"]) as overlay, Image.open(row["image_path"]) as original:
+        return np.abs(
+            np.asarray(overlay, dtype=int) - np.asarray(original.convert("RGB"), dtype=int)
+        )
+
+
+def test_a_card_with_eval_tta_and_a_heatmap_scale_sets_the_runs_views_and_colours(
+    tmp_path, scoring_inputs, tiny_export
+):
+    from model.gradcam import gradcam_model, predict_with_gradcam
+    from model.model_card import load_exported_model
+    from model.overlay import heatmap_peaks
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    card = json.loads((export / "model_card.json").read_text())
+    scale = 0.5
+    (export / "model_card.json").write_text(
+        json.dumps({**card, "eval_tta": 4, "heatmap_scale": scale})
+    )
+    output_dir = tmp_path / "out"
+    paths = scoring_inputs.labelled[:6]
+    run_scoring(
+        ["--input", *paths, "--model_dir", str(export), "--output_dir", str(output_dir)]
+        + ["--batch_size", "4"]
+    )
+    summary = read_json(str(output_dir / "summary.json"))
+    assert summary["tta"] == 4 and summary["heatmap_scale"] == scale
+
+    model, _ = load_exported_model(str(export))
+    expected = predict_with_gradcam(gradcam_model(model), load_inputs(paths), tta=4)
+    rows = {row["image_path"]: row for row in prediction_rows(str(output_dir))}
+    peaks = heatmap_peaks(expected.heatmaps)
+    for path, p, spread, peak in zip(
+        paths, expected.p_malignant, expected.p_std, peaks, strict=True
+    ):
+        row = rows[path]
+        assert float(row["p_malignant"]) == pytest.approx(float(p), abs=2e-6)
+        assert float(row["p_std"]) == pytest.approx(float(spread), abs=2e-6) and spread > 0
+        assert float(row["heatmap_peak"]) == pytest.approx(float(peak), rel=1e-5)
+        assert (_tint(row).max() == 0) == (peak == 0)
+    strongest, weakest = np.argmax(peaks), np.argmin(peaks)
+    assert peaks[weakest] < 0.8 * peaks[strongest], "the test needs maps of different strength"
+
+    assert _tint(rows[paths[weakest]]).mean() < _tint(rows[paths[strongest]]).mean()

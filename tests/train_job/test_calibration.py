@@ -120,14 +120,22 @@ def test_gradcam_with_the_cards_logit_layer_scores_like_the_model(calibrated):
     model, card = load_exported_model(str(output_dir))
     images, _ = split_inputs(output_dir, "test")
     grad_model = gradcam_model(model, card.last_conv_layer, card.logit_layer)
-    p, heatmaps = predict_with_gradcam(grad_model, images, card.threshold)
-    np.testing.assert_allclose(p, logits_and_output(model, images)[1], atol=1e-6)
-    # T only scales the class score: the maps equal those of the uncalibrated logit.
-    _, uncalibrated = predict_with_gradcam(
-        gradcam_model(model, card.last_conv_layer, LOGIT_LAYER), images, class_index=1
+    calibrated = predict_with_gradcam(grad_model, images)
+    np.testing.assert_allclose(
+        calibrated.p_malignant, logits_and_output(model, images)[1], atol=1e-6
     )
-    _, calibrated = predict_with_gradcam(grad_model, images, class_index=1)
-    np.testing.assert_allclose(calibrated, uncalibrated, atol=1e-5)
+    # T only divides the class score, so the raw maps are the uncalibrated logit's divided by T
+    # (the card's heatmap_scale is taken on these same calibrated maps).
+    uncalibrated = predict_with_gradcam(
+        gradcam_model(model, card.last_conv_layer, LOGIT_LAYER), images
+    )
+    assert uncalibrated.heatmaps.max() > 0, "the test needs maps with evidence"
+    np.testing.assert_allclose(
+        calibrated.heatmaps * card.temperature,
+        uncalibrated.heatmaps,
+        rtol=1e-4,
+        atol=1e-6 * float(uncalibrated.heatmaps.max()),
+    )
 
 
 def test_metrics_plots_and_report_show_calibration(calibrated):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import pytest
 
 from model import storage
 from model.constants import MODEL_CARD_FILE
-from model.model_card import load_exported_model
+from model.model_card import load_exported_model, read_model_card
 from pipelines.launch_checks import LaunchError
 from pipelines.model_checks import check_model_export
 from tests.train_job.test_resume import KillAfterEpochs, Killed
 from tests.train_job.test_train import tiny_config
+from train_job import export, heatmap_scale
 from train_job.atomic import replace_file
 from train_job.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from train_job.train import train
@@ -93,3 +96,27 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_the_heatmap_tool_names_the_export_split_file():
+    assert heatmap_scale.SPLIT_FILE == export.SPLIT_FILE
+
+
+def test_the_heatmap_tool_records_the_scale_in_an_older_exports_card(trained, tmp_path, capsys):
+    _, output_dir = trained
+    older = tmp_path / "older"
+    shutil.copytree(output_dir, older)
+    card = json.loads((older / "model_card.json").read_text())
+    expected = card.pop("heatmap_scale")
+    (older / "model_card.json").write_text(json.dumps(card))
+    assert read_model_card(str(older)).heatmap_scale is None
+
+    assert heatmap_scale.main(["--model_dir", str(older), "--write_card"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["heatmap_scale"] == pytest.approx(expected, rel=1e-5)
+    updated = read_model_card(str(older))
+    assert updated.heatmap_scale == printed["heatmap_scale"]
+    assert updated.model_id == card["model_id"] and updated.threshold == card["threshold"]
+    (older / "split.csv").unlink()
+    assert heatmap_scale.main(["--model_dir", str(older)]) == 2
+    assert capsys.readouterr().err == f"error: --model_dir {older} has no split.csv\n"

@@ -58,6 +58,8 @@ def base_argv(data_dir, output_dir) -> list[str]:
         (["--steps_per_epoch", "0"], "--steps_per_epoch must be at least 1"),
         (["--max_file_mb", "0"], "--max_file_mb must be above 0"),
         (["--calibration", "platt"], "--calibration must be one of temperature, none, got 'platt'"),
+        (["--eval_tta", "3"], "--eval_tta must be one of 1, 2, 4, 8, got 3"),
+        (["--eval_tta", "0"], "--eval_tta must be one of 1, 2, 4, 8, got 0"),
     ],
 )
 def test_a_bad_flag_stops_the_job_with_one_line(

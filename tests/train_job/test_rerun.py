@@ -86,6 +86,15 @@ def test_a_resume_with_another_calibration_is_refused_like_other_result_flags(
     stderr = capsys.readouterr().err
     assert code == 2 and stderr.count("\n") == 1
     assert "holds checkpoints" in stderr and "--calibration temperature -> none" in stderr
+
+
+def test_a_resume_with_other_test_time_views_is_refused(killed_run, capsys, no_decoding):
+    # The threshold is chosen on p from --eval_tta views: changing them changes the result.
+    config, state = killed_run
+    code = train_main.main(cli_argv(dataclasses.replace(config, eval_tta=4)))
+    stderr = capsys.readouterr().err
+    assert code == 2 and stderr.count("\n") == 1
+    assert "--eval_tta 1 -> 4" in stderr and "--restart" in stderr
     assert _state_unchanged(config, state)
 
 

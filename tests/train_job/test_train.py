@@ -184,9 +184,10 @@ def test_mixed_precision_exports_a_float32_scorer(synthetic_data_dir, tmp_path):
     model, card = load_exported_model(str(tmp_path))
     assert model.get_layer("block1_conv1").dtype_policy.name == "mixed_float16"
     images = np.zeros((2, 32, 32, 3), np.float32)
-    p, heatmaps = predict_with_gradcam(gradcam_model(model), images, card.threshold)
-    assert p.dtype == np.float32 and heatmaps.dtype == np.float32
-    assert np.isfinite(p).all() and np.isfinite(heatmaps).all()
+    for tta in (1, 8):
+        p, p_std, heatmaps = predict_with_gradcam(gradcam_model(model), images, tta)
+        assert p.dtype == p_std.dtype == heatmaps.dtype == np.float32
+        assert np.isfinite(p).all() and np.isfinite(p_std).all() and np.isfinite(heatmaps).all()
 
 
 def test_threshold_rule_warns_when_validation_has_few_patients(trained):
@@ -243,3 +244,57 @@ def test_card_records_training_sizes_and_what_each_quality_flag_would_have_caugh
 
 def _split_of(rows, path: str) -> str:
     return next(row["split"] for row in rows if row["image_path"] == path)
+
+
+def _split_rows(output_dir, split: str) -> list[dict]:
+    return [r for r in csv.DictReader(open(output_dir / "split.csv")) if r["split"] == split]
+
+
+def test_the_card_records_one_view_and_the_validation_heatmap_scale(trained):
+    from train_job.heatmap_scale import export_heatmap_scale
+
+    _, output_dir = trained
+    card = read_model_card(str(output_dir))
+    assert card.eval_tta == 1 and card.training_config["eval_tta"] == 1
+    # The scale is the 95th percentile of the exported model's malignant-map peaks on the
+    # validation split: the tool for older exports recomputes the same number from split.csv.
+    _, recomputed, images = export_heatmap_scale(str(output_dir))
+    assert images == len(_split_rows(output_dir, "validation"))
+    assert card.heatmap_scale is not None and card.heatmap_scale > 0
+    assert card.heatmap_scale == pytest.approx(recomputed, rel=1e-5)
+
+
+def test_eval_tta_chooses_the_threshold_and_scores_the_test_split_on_view_averaged_p(
+    synthetic_data_dir, tmp_path
+):
+    from model.labels import label_index
+    from model.metrics import choose_threshold
+    from model.tta import logit_model, predict_with_tta
+
+    result = train(
+        tiny_config(synthetic_data_dir, tmp_path, epochs=2, fine_tune_epochs=0, eval_tta=4)
+    )
+    model, card = load_exported_model(str(tmp_path))
+    assert card.eval_tta == 4 and card.training_config["eval_tta"] == 4
+    logits_of = logit_model(model, card.logit_layer)  # the calibrated logit
+
+    def view_p(rows):
+        images = np.stack([preprocess_image(open(r["image_path"], "rb").read(), 32) for r in rows])
+        return predict_with_tta(logits_of, images, 4)[0].astype(np.float64)
+
+    validation = _split_rows(tmp_path, "validation")
+    threshold, _ = choose_threshold(
+        [label_index(r["label"]) for r in validation], view_p(validation)
+    )
+    assert card.threshold == pytest.approx(threshold, abs=1e-6)
+    test = _split_rows(tmp_path, "test")
+    p = view_p(test)
+    single = model.predict(
+        np.stack([preprocess_image(open(r["image_path"], "rb").read(), 32) for r in test]),
+        verbose=0,
+    ).ravel()
+    assert np.abs(p - single).max() > 1e-4, "four views give another p than one"
+    labels = np.array([label_index(r["label"]) for r in test])
+    pooled = result.test_metrics["image_level"]["pooled"]
+    assert pooled["accuracy"] == pytest.approx(float(np.mean((p >= card.threshold) == labels)))
+    assert pooled["brier"] == pytest.approx(float(np.mean((p - labels) ** 2)), abs=1e-6)
