@@ -5,7 +5,10 @@
 Writes the huge PNG row by row (never holding it in memory), then runs
 `python -m pipelines.score` (in_memory DirectRunner, one process) on it with and without
 Grad-CAM, and on 16 synthetic 700 x 460 tiles as the baseline, and prints each child's peak RSS
-(from wait4, so only that process counts) and its ratio to the baseline measured in the run.
+(from wait4: the child and the worker processes it waited for) and its ratio to the baseline
+measured in the run. Linux counts the address space a child was forked from in its peak, so this
+script must stay small (it never loads TensorFlow or a decoded huge image); a child of a
+3 GB process reports at least 3 GB (tests/pipelines/test_launcher.py spawns through a probe).
 """
 
 from __future__ import annotations

@@ -41,23 +41,43 @@ class LauncherRun:
     output_dir: pathlib.Path
 
 
+# Runs the command given after the result file and writes the command's peak RSS there. A
+# process's peak RSS counts the address space it was forked from (Linux records the old memory
+# map's high-water mark at exec), so a child forked straight from pytest, itself gigabytes by
+# then, would report pytest's size; forked from this small process it reports its own.
+# wait4 covers the command and every descendant it waited for (the Beam worker processes).
+_PEAK_RSS_PROBE = """
+import os, sys
+result_file, command = sys.argv[1], sys.argv[2:]
+pid = os.posix_spawn(command[0], command, os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(result_file, "w") as handle:
+    handle.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_launcher(argv: list[str], log_path: pathlib.Path, env: dict | None = None) -> LauncherRun:
     """Run the scorer's command line in a child process and measure that child's peak RSS."""
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     environment.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell: the launcher decides
+    peak_file = log_path.with_suffix(".peak_rss_kb")
+    command = [sys.executable, "-m", "pipelines.score", *argv]
     with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.score", *argv],
+        completed = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS_PROBE, str(peak_file), *command],
             cwd=REPO_ROOT,
             env=environment,
             stdout=subprocess.DEVNULL,
             stderr=log,
+            check=False,
         )
-        # wait4 reports this child's own resource usage, whatever other children did.
-        _, status, usage = os.wait4(process.pid, 0)
     output_dir = pathlib.Path(argv[argv.index("--output_dir") + 1])
     return LauncherRun(
-        os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, log_path.read_text(), output_dir
+        completed.returncode,
+        int(peak_file.read_text()) / 1024,
+        log_path.read_text(),
+        output_dir,
     )
 
 
