@@ -11,6 +11,7 @@ import random
 import re
 
 import jinja2
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -423,6 +424,48 @@ def test_report_shows_summary_notes_and_the_threshold():
     assert "Trained without ImageNet weights; not a benchmark." in visible
     assert "p(malignant) ≥ 0.5000" in visible
     assert "specimen-disjoint" in visible
+
+
+def _gallery_visible(heatmap_scale, **item_fields) -> str:
+    item = GalleryItem(**{**_item("a.png", "confident_malignant").__dict__, **item_fields})
+    page = render_report(
+        title="t", metrics=None, plots={}, gallery=[item], heatmap_scale=heatmap_scale
+    )
+    return _Page(page).visible
+
+
+def test_gallery_says_its_maps_show_malignant_evidence_on_the_cards_shared_scale():
+    visible = _gallery_visible(0.0123456, heatmap_peak=0.00987654, p_std=0.0412)
+    assert "evidence for malignancy, whatever the call" in visible
+    assert "raw map value of 0.01235 or more" in visible
+    assert "95th percentile of the map peaks on the validation split" in visible
+    assert "map peak 0.00988" in visible
+    assert "± 0.0412" in visible
+
+
+def test_gallery_without_a_shared_scale_says_colours_are_not_comparable():
+    visible = _gallery_visible(None, heatmap_peak=0.5)
+    assert "no heatmap_scale" in visible and "not comparable between images" in visible
+    assert "raw map value" not in visible
+    assert "±" not in visible  # p_std not given: one view, nothing to show
+
+
+def test_gallery_colour_key_is_the_overlays_colour_and_opacity():
+    from model.overlay import HEATMAP_MAX_ALPHA, JET_LUT, overlay_heatmap
+
+    page = render_report(title="t", metrics=None, plots={}, gallery=[], heatmap_scale=1.0)
+    stops = re.findall(r"rgba\((\d+),(\d+),(\d+),([\d.]+)\) (\d+)%", page)
+    assert [int(stop[4]) for stop in stops] == [0, 25, 50, 75, 100]
+    white = np.full((1, 1, 3), 255, np.uint8)
+    for red, green, blue, alpha, percent in stops:
+        level = int(percent) / 100
+        assert (int(red), int(green), int(blue)) == tuple(JET_LUT[round(level * 255)])
+        assert float(alpha) == pytest.approx(HEATMAP_MAX_ALPHA * level, abs=1e-3)
+        # The key's colour over white is the overlay's colour of white tissue at that level.
+        colour = np.array([int(red), int(green), int(blue)], float)
+        expected = 255 + float(alpha) * (colour - 255)
+        drawn = overlay_heatmap(white, np.full((1, 1), level, np.float32))[0, 0]
+        np.testing.assert_allclose(drawn, expected, atol=1.01)
 
 
 def test_report_rejects_unknown_gallery_categories():
