@@ -62,6 +62,8 @@ def test_gs_inputs_model_and_outputs_share_the_local_code_path(bucket_inputs, sc
             output_dir,
             "--max_error_fraction",
             "1",
+            "--tta",
+            "4",
         ]
     )
     rows = prediction_rows(output_dir)
@@ -75,6 +77,11 @@ def test_gs_inputs_model_and_outputs_share_the_local_code_path(bucket_inputs, sc
     assert sorted(heatmaps) == sorted(row["heatmap_path"] for row in rows)
     summary = read_json(f"{output_dir}/summary.json")
     assert summary["inputs_matched"] == summary["scored"] + summary["failed"] == len(rows + errors)
+    # Test-time views and map peaks from gs:// inputs, as from local ones (test_score checks
+    # the values against a direct computation).
+    assert summary["tta"] == 4 and any(float(row["p_std"]) > 0 for row in rows)
+    assert all(float(row["heatmap_peak"]) >= 0 for row in rows)
+    assert summary["empty_heatmaps"] == sum(float(row["heatmap_peak"]) == 0 for row in rows)
     report = read_json(f"{output_dir}/metrics.json")
     assert report["image_level"]["pooled"]["n"] == len(scoring_inputs.labelled)
     # Quality measures are taken of gs:// files too, the same as of their local copies.

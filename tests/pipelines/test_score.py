@@ -257,6 +257,10 @@ def test_the_model_is_loaded_once_and_run_once_per_batch(in_memory_run, scoring_
 def test_multi_processing_runs_give_the_same_rows_in_shards(
     tmp_path, scoring_inputs, tiny_export, in_memory_run, capfd
 ):
+    from model.gradcam import gradcam_model, predict_with_gradcam
+    from model.model_card import load_exported_model
+    from model.overlay import heatmap_peaks
+
     output_dir = tmp_path / "out"
     result = run_scoring(
         [
@@ -276,6 +280,8 @@ def test_multi_processing_runs_give_the_same_rows_in_shards(
             "multi_processing",
             "--review_limit",
             "3",
+            "--tta",
+            "2",
         ]
     )
     shards = sorted(path.name for path in output_dir.glob("predictions*.csv"))
@@ -286,10 +292,20 @@ def test_multi_processing_runs_give_the_same_rows_in_shards(
     expected = {row["image_path"]: row for row in prediction_rows(str(in_memory_run.output_dir))}
     rows = {row["image_path"]: row for row in prediction_rows(str(output_dir))}
     assert set(rows) == set(expected)
+    # Two views in worker processes: p, p_std and the map peak are those computed directly.
+    model, card = load_exported_model(tiny_export)
+    paths = sorted(rows)
+    direct = predict_with_gradcam(
+        gradcam_model(model, card.last_conv_layer, card.logit_layer), load_inputs(paths), tta=2
+    )
+    peaks = heatmap_peaks(direct.heatmaps)
+    assert direct.p_std.max() > 0
+    for path, p, spread, peak in zip(paths, direct.p_malignant, direct.p_std, peaks, strict=True):
+        row = rows[path]
+        assert float(row["p_malignant"]) == pytest.approx(float(p), abs=2e-6)
+        assert float(row["p_std"]) == pytest.approx(float(spread), abs=2e-6)
+        assert float(row["heatmap_peak"]) == pytest.approx(float(peak), rel=1e-5, abs=1e-12)
     for path, row in rows.items():
-        assert float(row["p_malignant"]) == pytest.approx(
-            float(expected[path]["p_malignant"]), abs=1e-5
-        )
         assert os.path.isfile(row["heatmap_path"])
         quality = ("qc_flags", "tissue_fraction", "focus_score", "stain_score")
         assert [row[key] for key in quality] == [expected[path][key] for key in quality]
@@ -298,7 +314,7 @@ def test_multi_processing_runs_give_the_same_rows_in_shards(
     summary = read_json(str(output_dir / "summary.json"))
     assert summary["inputs_matched"] == summary["scored"] + summary["failed"]
     assert summary["direct_running_mode"] == "multi_processing"
-    assert summary["direct_num_workers"] == 2
+    assert summary["direct_num_workers"] == 2 and summary["tta"] == 2
     # The review queue combined across worker processes: the first 3 of the whole run's queue.
     assert assert_review_queue(str(output_dir), limit=3)["images_needing_review"] > 3
     assert 1 <= _distribution_count(result, "load_model_latency_milli_secs") <= 2
