@@ -28,6 +28,16 @@ PROBABILITY_LAYER = "p_malignant"
 
 MAGNIFICATIONS: tuple[str, ...] = ("40X", "100X", "200X", "400X")
 
+# A cross-validation output folder: one complete training export per fold in
+# <output_dir>/fold-<i>/, and the aggregates of all folds in <output_dir>/cv/.
+FOLD_DIR_PREFIX = "fold-"
+CV_DIR = "cv"
+
+
+def fold_dir_name(index: int) -> str:
+    """The folder name of fold `index` (0-based) inside a cross-validation output folder."""
+    return f"{FOLD_DIR_PREFIX}{index}"
+
 # BreakHis subtype code -> (folder name, class name).
 SUBTYPES: dict[str, tuple[str, str]] = {
     "A": ("adenosis", "benign"),
