@@ -5,7 +5,10 @@
 Exports made before the training job recorded `heatmap_scale` show each map on its own peak.
 This computes the scale exactly as training does (`model.gradcam.heatmap_scale` on the
 validation images, with the card's layers and eval_tta), prints it as JSON, and with
-`--write_card` records it in the export's model_card.json (nothing else changes).
+`--write_card` records it in the export's model_card.json (nothing else changes; the card is
+replaced whole, so a kill leaves the old one or the new). Exit 2 when the folder has no
+split.csv or card, 1 when a validation image cannot be read (moved since training: the scale
+would not be the training split's).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from model.constants import MODEL_CARD_FILE
 from model.model_card import ModelCard, load_exported_model
 from model.preprocessing import preprocess_image
 from model.tensorflow_runtime import load_tensorflow, set_verbosity
+from train_job.atomic import replace_file
 
 # train_job.export's name for the file; not imported, so TensorFlow loads after set_verbosity.
 SPLIT_FILE = "split.csv"
@@ -89,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not storage.exists(storage.join(args.model_dir, name)):
             print(f"error: --model_dir {args.model_dir} has no {name}", file=sys.stderr)
             return 2
-    card, scale, images = export_heatmap_scale(args.model_dir)
+    try:
+        card, scale, images = export_heatmap_scale(args.model_dir)
+    except (OSError, ValueError) as error:  # a moved or unreadable validation image, a bad card
+        print(f"error: {args.model_dir}: {error}", file=sys.stderr)
+        return 1
     print(
         json.dumps(
             {
@@ -102,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.write_card:
         updated = dataclasses.replace(card, heatmap_scale=scale)
-        storage.write_text(storage.join(args.model_dir, MODEL_CARD_FILE), updated.to_json())
+        # Replaced whole: the card marks the export complete, so a kill must not leave half of it.
+        text = updated.to_json().encode("utf-8")
+        replace_file(
+            storage.join(args.model_dir, MODEL_CARD_FILE), lambda stream: stream.write(text)
+        )
         logger.info("Recorded heatmap_scale %s in %s", scale, args.model_dir)
     return 0
 

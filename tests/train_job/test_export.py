@@ -120,3 +120,20 @@ def test_the_heatmap_tool_records_the_scale_in_an_older_exports_card(trained, tm
     (older / "split.csv").unlink()
     assert heatmap_scale.main(["--model_dir", str(older)]) == 2
     assert capsys.readouterr().err == f"error: --model_dir {older} has no split.csv\n"
+
+
+def test_the_heatmap_tool_says_which_image_is_missing_and_leaves_the_card(
+    trained, tmp_path, capsys
+):
+    _, output_dir = trained
+    older = tmp_path / "older"
+    shutil.copytree(output_dir, older)
+    card_text = (older / "model_card.json").read_text()
+    split = (older / "split.csv").read_text()
+    moved = next(line.split(",")[0] for line in split.splitlines() if ",validation," in line)
+    (older / "split.csv").write_text(split.replace(moved, moved + ".moved"))
+    assert heatmap_scale.main(["--model_dir", str(older), "--write_card"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {older}: ") and error.count("\n") == 1
+    assert moved + ".moved" in error
+    assert (older / "model_card.json").read_text() == card_text
