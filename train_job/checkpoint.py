@@ -102,22 +102,7 @@ class Checkpoints:
         path = self._path(STATE_FILE)
         if not storage.exists(path):
             return None
-        with np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False) as archive:
-            meta = json.loads(str(archive["meta"]))
-
-            def arrays(prefix: str) -> list[np.ndarray]:
-                names = sorted(name for name in archive.files if name.startswith(prefix + "_"))
-                return [archive[name] for name in names]
-
-            return TrainingState(
-                phase=meta["phase"],
-                epochs_done=meta["epochs_done"],
-                history=meta["history"],
-                early_stopping=meta["early_stopping"],
-                model_variables=arrays("model"),
-                optimizer_variables=arrays("optimizer"),
-                best_variables=arrays("best") if meta["has_best"] else None,
-            )
+        return parse_state(storage.read_bytes(path))
 
     def delete(self) -> None:
         """Remove the checkpoint folder (after the export is complete, or on --restart)."""
@@ -138,3 +123,23 @@ class Checkpoints:
 
     def _write(self, name: str, write: Callable[[BinaryIO], object]) -> None:
         replace_file(self._path(name), write)
+
+
+def parse_state(data: bytes) -> TrainingState:
+    """The TrainingState of a state.npz file's bytes."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        meta = json.loads(str(archive["meta"]))
+
+        def arrays(prefix: str) -> list[np.ndarray]:
+            names = sorted(name for name in archive.files if name.startswith(prefix + "_"))
+            return [archive[name] for name in names]
+
+        return TrainingState(
+            phase=meta["phase"],
+            epochs_done=meta["epochs_done"],
+            history=meta["history"],
+            early_stopping=meta["early_stopping"],
+            model_variables=arrays("model"),
+            optimizer_variables=arrays("optimizer"),
+            best_variables=arrays("best") if meta["has_best"] else None,
+        )

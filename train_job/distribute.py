@@ -1,4 +1,5 @@
-"""Pick the tf.distribute strategy: all local GPUs (or the CPU), or workers named by TF_CONFIG."""
+"""Pick the tf.distribute strategy (all local GPUs or the CPU, or workers named by TF_CONFIG),
+say how many workers it spans and which one is the chief."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ def choose_strategy() -> tf.distribute.Strategy:
     """
     workers = worker_count(os.environ.get("TF_CONFIG", ""))
     if workers > 1:
+        # The strategy waits, without a word and without a time limit, until every worker
+        # named in TF_CONFIG has started and answered.
+        logger.info("Waiting for the %d workers named by TF_CONFIG to start", workers)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         logger.info("MultiWorkerMirroredStrategy over %d workers", workers)
     else:
@@ -47,6 +51,20 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return task_type in (None, "chief") or (
         task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
     )
+
+
+def worker_tasks(strategy: tf.distribute.Strategy) -> int:
+    """How many worker processes (chief included) the strategy spans; 1 without a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return max(1, sum(len(jobs.get(job, [])) for job in ("chief", "worker")))
+
+
+def spans_workers(strategy: tf.distribute.Strategy) -> bool:
+    """Whether the strategy's replicas live in several processes (MultiWorkerMirroredStrategy)."""
+    return worker_tasks(strategy) > 1
 
 
 def fit_input(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):

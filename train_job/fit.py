@@ -27,6 +27,7 @@ from train_job.checkpoint import DONE, Checkpoints, TrainingState
 from train_job.config import TrainConfig
 from train_job.dataset import TrainingStream
 from train_job.distribute import fit_input
+from train_job.distributed_fit import fit_method
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class _PhaseTrainer:
             phase.first_block or "nowhere",
         )
         if not early_stopping.stopped and done < phase.epochs:
-            model.fit(
+            fit_method(self.strategy, model)(
                 fit_input(
                     self.strategy,
                     self.stream.epochs(phase.first_epoch + done, phase.first_epoch + phase.epochs),

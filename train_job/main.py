@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         result = train(config, restart=args.restart)
     except (LaunchError, DataError, WeightsUnavailableError) as error:
         return _launch_error(error)
-    if not result.already_complete:
+    if not result.writer:
+        logger.info("Done; the chief worker writes the export, this worker writes nothing")
+    elif not result.already_complete:
         logger.info("Export written to %s", result.output_dir)
     return 0
 

@@ -29,7 +29,7 @@ from train_job import data
 from train_job.checkpoint import Checkpoints
 from train_job.config import TrainConfig, normalized, result_settings
 from train_job.dataset import class_weights_for, evaluation_dataset, training_stream
-from train_job.distribute import choose_strategy, is_chief
+from train_job.distribute import choose_strategy
 from train_job.evaluation import (
     calibrate,
     decision_threshold,
@@ -42,6 +42,14 @@ from train_job.fit import fit_phases
 from train_job.launch_checks import check_flags
 from train_job.outputs import TrainingOutcome, write_outputs
 from train_job.rerun import check_same_split, prepare_output
+from train_job.worker_sync import (
+    checkpoints_for,
+    chief_decides,
+    chief_model_here,
+    same_on_every_worker,
+    text_fingerprint,
+    wait_for_every_worker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,7 @@ class TrainResult:
     replicas: int
     epochs_run: dict
     already_complete: bool = False  # the folder held a complete export made with these flags
+    writer: bool = True  # this process writes the export (the chief, or the only worker)
 
 
 def train(
@@ -87,21 +96,29 @@ def _train(config, strategy, restart, callbacks) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or choose_strategy()
     replicas = strategy.num_replicas_in_sync
-    checkpoints = Checkpoints(config.output_dir, writer=is_chief(strategy))
-    card = prepare_output(config, replicas, restart, checkpoints)
-    if card is not None:
+    # Over several workers, only the chief reads and writes --output_dir; the others follow it.
+    checkpoints = checkpoints_for(strategy, config.output_dir)
+    card_json = chief_decides(
+        strategy, lambda: _complete_card_json(config, replicas, restart, checkpoints)
+    )
+    if card_json is not None:
         logger.info(
             "%s already holds a complete export made with these flags: nothing to do",
             config.output_dir,
         )
         checkpoints.delete()  # left behind if a run stopped between its card and this cleanup
-        return _complete_result(config.output_dir, card)
-    split = _split(config)
-    split_text = data.split_csv_text(split.rows)
-    check_same_split(checkpoints, split_text)
-    if checkpoints.recorded_run() is None:
-        checkpoints.record_run(result_settings(config), replicas, split_text)
-    with _work_dir(config.output_dir) as work_dir:
+        wait_for_every_worker(strategy)
+        result = _complete_result(config.output_dir, ModelCard.from_json(card_json))
+        return dataclasses.replace(result, writer=checkpoints.writer)
+    split = same_on_every_worker(
+        strategy,
+        lambda: _checked_split(config, checkpoints),
+        lambda split: text_fingerprint(json.dumps(result_settings(config)) + split.text),
+        "settings or images (result-changing flags, or the images under --data_dir)",
+    )
+    if checkpoints.writer and checkpoints.recorded_run() is None:
+        checkpoints.record_run(result_settings(config), replicas, split.text)
+    with _work_dir(config.output_dir, checkpoints.writer) as work_dir:
         model, outcome = _fit_and_evaluate(
             config, strategy, split, checkpoints, work_dir, callbacks
         )
@@ -111,6 +128,7 @@ def _train(config, strategy, restart, callbacks) -> TrainResult:
                 publish(work_dir, config.output_dir)
             checkpoints.delete()
             logger.info("Export complete in %s", config.output_dir)
+    wait_for_every_worker(strategy)
     return TrainResult(
         config.output_dir,
         outcome.threshold,
@@ -118,7 +136,22 @@ def _train(config, strategy, restart, callbacks) -> TrainResult:
         outcome.history,
         replicas,
         outcome.epochs_run,
+        writer=checkpoints.writer,
     )
+
+
+def _complete_card_json(config, replicas, restart, checkpoints) -> str | None:
+    """The card of a complete export made with these flags, as JSON, or None (train)."""
+    card = prepare_output(config, replicas, restart, checkpoints)
+    return None if card is None else card.to_json()
+
+
+def _checked_split(config: TrainConfig, checkpoints: Checkpoints) -> _Split:
+    """The split, refused by the chief when it differs from its checkpoints' split."""
+    split = _split(config)
+    if checkpoints.writer:
+        check_same_split(checkpoints, split.text)
+    return split
 
 
 def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks):
@@ -146,7 +179,9 @@ def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks)
     # One rule: the temperature is fitted and the threshold chosen on p computed as the p they
     # are applied to (the test split's, and the scorer's at its default --tta, the card's
     # eval_tta): the mean logit over the views, divided by T.
-    with strategy.scope():  # so the calibrated model predicts on every replica, as the fitted one
+    model = chief_model_here(strategy, model)
+    # So the calibrated model predicts on the replicas the fitted one lives on.
+    with model.distribute_strategy.scope():
         model, calibration, validation_p = calibrate(
             model,
             split.by_split["validation"],
@@ -181,9 +216,10 @@ def _fit_and_evaluate(config, strategy, split, checkpoints, work_dir, callbacks)
 
 
 @contextlib.contextmanager
-def _work_dir(output_dir: str) -> Iterator[str]:
-    """The local folder the export is written in: output_dir, or a temporary one for gs://."""
-    if not storage.is_remote(output_dir):
+def _work_dir(output_dir: str, writer: bool) -> Iterator[str]:
+    """The local folder the export is written in: output_dir, or a temporary one for gs://
+    and for a worker that writes nothing (its TensorBoard logs go there and are dropped)."""
+    if writer and not storage.is_remote(output_dir):
         yield output_dir
         return
     local = tempfile.mkdtemp(prefix="breakhis-train-")
@@ -214,6 +250,11 @@ class _Split:
     rows: list[dict]
     by_split: dict[str, list[dict]]
     discovery: data.Discovery
+
+    @property
+    def text(self) -> str:
+        """split.csv's text: what checkpoints record and workers compare."""
+        return data.split_csv_text(self.rows)
 
 
 def _split(config: TrainConfig) -> _Split:
