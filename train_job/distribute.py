@@ -26,8 +26,12 @@ def choose_strategy() -> tf.distribute.Strategy:
     workers = worker_count(os.environ.get("TF_CONFIG", ""))
     if workers > 1:
         # The strategy waits, without a word and without a time limit, until every worker
-        # named in TF_CONFIG has started and answered.
-        logger.info("Waiting for the %d workers named by TF_CONFIG to start", workers)
+        # named in TF_CONFIG has started and answered; Ctrl-C does not interrupt that wait.
+        logger.info(
+            "Waiting for all %d workers named by TF_CONFIG (no time limit; only SIGKILL stops "
+            "the wait)",
+            workers,
+        )
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         logger.info("MultiWorkerMirroredStrategy over %d workers", workers)
     else:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -28,8 +27,6 @@ from train_job.checkpoint import STATE_FILE, Checkpoints, TrainingState, parse_s
 from train_job.data import DataError
 from train_job.distribute import is_chief, spans_workers
 from train_job.launch_checks import LaunchError
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _STOPPING_ERRORS = (LaunchError, DataError)  # what the job reports as one line, exit code 2
