@@ -54,12 +54,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     # from --fold 0; TrainConfig keeps 0 for a single split and for train() callers.
     parser.set_defaults(fold=None)
     args = parser.parse_args(argv)
-    return config_from_args(args), args
+    config = config_from_args(args)
+    return dataclasses.replace(config, fold=0 if args.fold is None else args.fold), args
 
 
-def cross_validation_requested(config: TrainConfig) -> bool:
+def cross_validation_requested(config: TrainConfig, args: argparse.Namespace) -> bool:
     """--folds K without --fold: train every fold, then aggregate them."""
-    return bool(config.folds) and config.fold is None
+    return bool(config.folds) and args.fold is None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    all_folds = cross_validation_requested(config)
-    if config.fold is None:
-        config = dataclasses.replace(config, fold=0)
+    all_folds = cross_validation_requested(config, args)
     try:
         check_launch(normalized(config))  # before TensorFlow's seconds-long import
     except LaunchError as error:

@@ -23,7 +23,6 @@ from tests.train_job.conftest import CV_FOLDS, cv_argv
 from tests.train_job.test_train import REPO_ROOT
 from train_job import main as train_main
 from train_job.checkpoint import Checkpoints
-from train_job.config import TrainConfig, config_from_args
 from train_job.cross_validation import cross_validate
 
 
@@ -171,14 +170,13 @@ def test_a_rerun_with_other_result_flags_is_refused_before_any_work(
 
 
 def test_fold_without_all_folds_keeps_training_one_fold_into_the_output_dir():
-    args = train_main.parse_args(["--data_dir", "d", "--output_dir", "o", "--folds", "5"])[0]
-    assert train_main.cross_validation_requested(args)
-    one = train_main.parse_args(
-        ["--data_dir", "d", "--output_dir", "o", "--folds", "5", "--fold", "0"]
-    )[0]
-    assert not train_main.cross_validation_requested(one) and one.fold == 0
-    single = train_main.parse_args(["--data_dir", "d", "--output_dir", "o"])[0]
-    assert not train_main.cross_validation_requested(single)
+    base = ["--data_dir", "d", "--output_dir", "o"]
+    config, args = train_main.parse_args([*base, "--folds", "5"])
+    assert train_main.cross_validation_requested(config, args)
+    config, args = train_main.parse_args([*base, "--folds", "5", "--fold", "0"])
+    assert not train_main.cross_validation_requested(config, args) and config.fold == 0
+    config, args = train_main.parse_args(base)
+    assert not train_main.cross_validation_requested(config, args) and config.fold == 0
 
 
 class CountEpochs(keras.callbacks.Callback):
@@ -234,8 +232,7 @@ def test_a_job_killed_after_one_fold_resumes_the_next_and_trains_the_rest(
     assert not (output_dir / fold_dir_name(2)).exists()
 
     # The same command again: fold 0 skipped, fold 1 resumed from its checkpoint, fold 2 trained.
-    config = config_from_args(train_main.parse_args(argv)[1])
-    assert isinstance(config, TrainConfig)
+    config = train_main.parse_args(argv)[0]
     counter = CountEpochs()
     result = cross_validate(config, callbacks=[counter])
     assert result.trained == [1, 2]

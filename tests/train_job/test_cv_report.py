@@ -247,3 +247,18 @@ def test_folds_aggregate_into_a_gs_bucket(cv_run, gcs_emulator):
     assert json.loads(written) == json.loads((cv_run / CV_DIR / "cv_metrics.json").read_text())
     assert storage.exists(storage.join(output_dir, "plots", "roc.png"))
     assert "Mean ± sd over 3 folds" in storage.read_text(storage.join(output_dir, "report.html"))
+
+
+def test_restart_deletes_exactly_the_aggregates_files(cv_run, tmp_path):
+    from train_job.cross_validation import delete_aggregate
+
+    cv_dir = tmp_path / "cv"
+    shutil.copytree(cv_run / CV_DIR, cv_dir)
+    (cv_dir / "report_assets").mkdir(exist_ok=True)
+    (cv_dir / "report_assets" / "000_original.png").write_bytes(b"ours")
+    mine = ["notes.txt", "plots/mine.png", "report_assets/keep.txt"]
+    for name in mine:
+        (cv_dir / name).write_text("the user's")
+    delete_aggregate(str(cv_dir))
+    left = sorted(p.relative_to(cv_dir).as_posix() for p in cv_dir.rglob("*") if p.is_file())
+    assert left == sorted(mine)
