@@ -65,7 +65,12 @@ class TrainConfig:
         0.2, "Share of each class's images (by whole specimens) for test; ignored with --folds"
     )
     folds: int = flag(0, "K for K-fold cross-validation by specimen; 0 = a single split")
-    fold: int = flag(0, "Which fold is the test set (0..K-1)")
+    fold: int = flag(
+        0,
+        "Which fold is the test set (0..K-1), trained into --output_dir; without --fold, "
+        "--folds K trains every fold into <output_dir>/fold-<i>/, then aggregates them in "
+        "<output_dir>/cv/",
+    )
     seed: int = flag(42, "Seed of the split, initialisation, shuffling and augmentation")
     patience: int = flag(
         5, "Early-stopping patience in epochs (on validation AUC; best weights restored)"
