@@ -64,8 +64,12 @@ def main() -> None:
         f"{len(paths)} images at {args.image_size} px, batch {args.batch_size}, "
         f"{args.epochs} epochs x {args.rounds} rounds (median round)"
     )
-    print(f"  without stain jitter:        {plain:8.1f} images/s  {rates[0.0]}")
-    print(f"  with stain jitter S={args.stain_jitter:<5g}:  {jittered:8.1f} images/s")
+    for name, rate, strength in (
+        ("without stain jitter", plain, 0.0),
+        (f"with stain jitter S={args.stain_jitter:g}", jittered, args.stain_jitter),
+    ):
+        rounds = ", ".join(f"{value:.0f}" for value in rates[strength])
+        print(f"  {name:28s} {rate:8.1f} images/s (rounds: {rounds})")
     print(f"  cost ratio (without / with): {plain / jittered:.2f}")
 
 
