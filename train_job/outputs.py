@@ -32,6 +32,7 @@ from train_job.export import (
     write_card,
     write_model_files,
 )
+from train_job.fit import from_scratch, plan_phases
 from train_job.input_quality import quality_report
 from train_job.report import write_training_report
 
@@ -126,6 +127,8 @@ def model_card(config: TrainConfig, outcome: TrainingOutcome) -> ModelCard:
             "effective_learning_rate": config.learning_rate * outcome.replicas,
             "effective_fine_tune_learning_rate": config.fine_tune_learning_rate * outcome.replicas,
             "class_weights": {label_name(k): v for k, v in outcome.class_weights.items()},
+            "from_scratch": from_scratch(config),
+            "phases": [phase.card_entry() for phase in plan_phases(config)],
         },
         data_summary={
             "data_dir": printable_path(config.data_dir),
