@@ -38,6 +38,7 @@ def fold_dir_name(index: int) -> str:
     """The folder name of fold `index` (0-based) inside a cross-validation output folder."""
     return f"{FOLD_DIR_PREFIX}{index}"
 
+
 # BreakHis subtype code -> (folder name, class name).
 SUBTYPES: dict[str, tuple[str, str]] = {
     "A": ("adenosis", "benign"),

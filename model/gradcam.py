@@ -43,6 +43,8 @@ class GradCamResult(NamedTuple):
     p_malignant: np.ndarray  # [N] float32: sigmoid of the mean logit over the views
     p_std: np.ndarray  # [N] float32: standard deviation of the views' probabilities
     heatmaps: np.ndarray  # [N, h, w] float32 >= 0: raw map, mean over the views, not normalised
+    # [N, views] float32: each view's logit, for combining several models' passes
+    view_logits: np.ndarray | None = None
 
 
 def gradcam_model(
@@ -81,8 +83,8 @@ def predict_with_gradcam(
     key = (views, class_index)
     if key not in functions:
         functions[key] = _trace_gradcam(grad_model, views, class_index)
-    p, p_std, heatmaps = functions[key](tf.convert_to_tensor(images, dtype=tf.float32))
-    return GradCamResult(p.numpy(), p_std.numpy(), heatmaps.numpy())
+    p, p_std, heatmaps, view_logits = functions[key](tf.convert_to_tensor(images, dtype=tf.float32))
+    return GradCamResult(p.numpy(), p_std.numpy(), heatmaps.numpy(), view_logits.numpy())
 
 
 def _trace_gradcam(grad_model: keras.Model, views: tuple[View, ...], class_index: int) -> Callable:
@@ -116,7 +118,7 @@ def _trace_gradcam(grad_model: keras.Model, views: tuple[View, ...], class_index
         finite = tf.reduce_all(tf.math.is_finite(heatmaps), axis=(1, 2), keepdims=True)
         heatmaps = tf.where(finite, heatmaps, 0.0)
         probability, spread = view_statistics(logit, len(views))
-        return probability, spread, heatmaps
+        return probability, spread, heatmaps, tf.transpose(tf.reshape(logit, [len(views), -1]))
 
     return gradcam
 
