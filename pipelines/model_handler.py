@@ -285,16 +285,18 @@ class EnsembleModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedE
 
     def _score(self, images: np.ndarray, model: LoadedEnsemble) -> list[ImageScore]:
         """The ensemble's scores of images: each member's pass, combined."""
-        from model.gradcam import predict_with_gradcam
+        from model.gradcam import predict_view_logits_with_gradcam
         from model.overlay import heatmap_peaks
         from model.tta import predict_view_logits
 
         view_logits, maps = [], []
         for member in model.members:
             if member.grad_model is not None:
-                result = predict_with_gradcam(member.grad_model, images, tta=self._tta)
-                view_logits.append(result.view_logits)
-                maps.append(result.heatmaps)
+                logits, heatmaps = predict_view_logits_with_gradcam(
+                    member.grad_model, images, tta=self._tta
+                )
+                view_logits.append(logits)
+                maps.append(heatmaps)
             else:
                 view_logits.append(predict_view_logits(member.logit_model, images, self._tta))
         combined = combine_logits(np.stack(view_logits))

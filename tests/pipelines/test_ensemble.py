@@ -114,17 +114,17 @@ def test_each_member_scores_a_chunk_in_one_pass_and_gradcam_does_not_change_p(
     ]
     batch = _prepared(scoring_inputs.labelled[:5])
     passes = []
-    real_gradcam, real_logits = gradcam.predict_with_gradcam, tta.predict_view_logits
+    real_gradcam, real_logits = gradcam.predict_view_logits_with_gradcam, tta.predict_view_logits
 
-    def spy_gradcam(grad_model, images, tta=1, class_index=gradcam.MALIGNANT):
+    def spy_gradcam(grad_model, images, tta=1):
         passes.append(("gradcam", len(images)))
-        return real_gradcam(grad_model, images, tta, class_index)
+        return real_gradcam(grad_model, images, tta)
 
     def spy_logits(logits_of, images, views):
         passes.append(("logits", len(images)))
         return real_logits(logits_of, images, views)
 
-    monkeypatch.setattr(gradcam, "predict_with_gradcam", spy_gradcam)
+    monkeypatch.setattr(gradcam, "predict_view_logits_with_gradcam", spy_gradcam)
     monkeypatch.setattr(tta, "predict_view_logits", spy_logits)
     explaining = EnsembleModelHandler(members, gradcam=True, batch_size=8, tta=2)
     scoring = EnsembleModelHandler(members, gradcam=False, batch_size=8, tta=2)
