@@ -200,10 +200,12 @@ def assert_review_queue(output_dir: str, limit: int) -> dict[str, Any]:
     candidates = []
     for row in prediction_rows(output_dir):
         p, p_std = float(row["p_malignant"]), float(row["p_std"])
+        # Empty for one model: then only the views' spread counts.
+        member_std = float(row["member_std"]) if row["member_std"] else None
         call = calls.get(row["patient_id"], "")
         found = {
             "patient_disagreement": bool(call) and row["predicted_label"] != call,
-            "uncertain": p_std > abs(p - threshold),
+            "uncertain": max(p_std, member_std or 0.0) > abs(p - threshold),
             "near_threshold": low <= p <= high,
         }
         flags = [flag for flag in row["qc_flags"].split(";") if flag]
@@ -211,7 +213,7 @@ def assert_review_queue(output_dir: str, limit: int) -> dict[str, Any]:
         fields = {name: row[name] for name in ReviewCandidate._fields if name in row}
         candidates.append(
             ReviewCandidate(
-                **{**fields, "p_malignant": p, "p_std": p_std},
+                **{**fields, "p_malignant": p, "p_std": p_std, "member_std": member_std},
                 reasons=reasons,
                 patient_call=call,
             )
