@@ -28,6 +28,12 @@ PROBABILITY_LAYER = "p_malignant"
 
 MAGNIFICATIONS: tuple[str, ...] = ("40X", "100X", "200X", "400X")
 
+# HED stain jitter of training images (model/stain.py): the --stain_jitter default, chosen from
+# benchmarks/stain_variation.py on the BreakHis sample (see model/stain.py), and the limit that
+# keeps every scale factor 1 - s above 0.
+DEFAULT_STAIN_JITTER = 0.05
+MAX_STAIN_JITTER = 1.0
+
 # A cross-validation output folder: one complete training export per fold in
 # <output_dir>/fold-<i>/, and the aggregates of all folds in <output_dir>/cv/.
 FOLD_DIR_PREFIX = "fold-"
@@ -37,6 +43,7 @@ CV_DIR = "cv"
 def fold_dir_name(index: int) -> str:
     """The folder name of fold `index` (0-based) inside a cross-validation output folder."""
     return f"{FOLD_DIR_PREFIX}{index}"
+
 
 # BreakHis subtype code -> (folder name, class name).
 SUBTYPES: dict[str, tuple[str, str]] = {

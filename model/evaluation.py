@@ -1,6 +1,10 @@
 """The evaluation report of both jobs: metrics pooled and per magnification, per image and per
 patient, beside the majority baseline; the pooled reliability bins; and the per-patient table.
 
+A record may carry its own "threshold": the out-of-fold predictions of cross-validation call each
+image at the threshold of the fold model that scored it (a patient lies in one fold, so all its
+images share one).
+
 The training job builds it exactly from arrays (`evaluate`); the scoring pipeline from streaming
 parts (`report_from_summaries`): `model.metrics.StreamingSummary` accumulators and per-patient
 tallies. Both give the same structure, so metrics.json means the same thing wherever it is.
@@ -28,7 +32,8 @@ from model.metrics import (
 logger = logging.getLogger(__name__)
 
 
-def _magnification_order(magnification: str) -> tuple[int, str]:
+def magnification_order(magnification: str) -> tuple[int, str]:
+    """Sort key of magnifications: 40X, 100X, 200X, 400X, then any other by name."""
     known = magnification in MAGNIFICATIONS
     return (MAGNIFICATIONS.index(magnification) if known else len(MAGNIFICATIONS), magnification)
 
@@ -41,11 +46,27 @@ def _majority_label(labels: Iterable[int], patient_id: str) -> int:
     return majority_index(n_malignant, len(labels))
 
 
+def _threshold_of(record: Mapping[str, Any], threshold: float | None) -> float:
+    """The threshold a record is called at: its own, else the report's."""
+    own = record.get("threshold")
+    if own is None and threshold is None:
+        raise ValueError("a record without its own threshold needs the report's threshold")
+    return float(threshold if own is None else own)
+
+
+def _patient_threshold(pid: str, members: Sequence[Mapping[str, Any]], threshold) -> float:
+    thresholds = {_threshold_of(record, threshold) for record in members}
+    if len(thresholds) > 1:
+        raise ValueError(f"patient {pid}'s images carry different thresholds {sorted(thresholds)}")
+    return thresholds.pop()
+
+
 def patient_rows_from_records(
-    records: Iterable[Mapping[str, Any]], threshold: float
+    records: Iterable[Mapping[str, Any]], threshold: float | None
 ) -> list[dict[str, Any]]:
     """The per-patient rows `report_from_summaries` takes: pooled (magnification None) and per
-    magnification; the reference for what the pipeline aggregates."""
+    magnification; the reference for what the pipeline aggregates. A row of records that carry
+    their own threshold has that "threshold" too."""
     groups: dict[tuple[str, str | None], list[Mapping[str, Any]]] = {}
     for record in records:
         pid = str(record["patient_id"])
@@ -55,19 +76,22 @@ def patient_rows_from_records(
     for (pid, magnification), members in groups.items():
         labels = [int(r["label"]) for r in members]
         scores = [float(r["p_malignant"]) for r in members]
-        calls = [predicted_index(p, threshold) for p in scores]
+        calls = [
+            predicted_index(float(r["p_malignant"]), _threshold_of(r, threshold)) for r in members
+        ]
         correct = sum(int(call == y) for y, call in zip(labels, calls, strict=True))
-        rows.append(
-            {
-                "patient_id": pid,
-                "magnification": magnification,
-                "label": _majority_label(labels, pid),
-                "images": len(members),
-                "correct": int(correct),
-                "sum_p": float(sum(scores)),
-                "predicted_malignant": sum(calls),
-            }
-        )
+        row = {
+            "patient_id": pid,
+            "magnification": magnification,
+            "label": _majority_label(labels, pid),
+            "images": len(members),
+            "correct": int(correct),
+            "sum_p": float(sum(scores)),
+            "predicted_malignant": sum(calls),
+        }
+        if any(record.get("threshold") is not None for record in members):
+            row["threshold"] = _patient_threshold(pid, members, threshold)
+        rows.append(row)
     return rows
 
 
@@ -77,11 +101,13 @@ def _rate_from_rows(rows: Sequence[Mapping[str, Any]]) -> float | None:
     return float(np.mean([row["correct"] / row["images"] for row in rows]))
 
 
-def _patient_level(rows: Sequence[Mapping[str, Any]], threshold: float) -> tuple[dict, dict]:
-    """Exact metrics and majority baseline with each patient one sample scored by its mean p."""
+def _patient_level(rows: Sequence[Mapping[str, Any]], threshold: float | None) -> tuple[dict, dict]:
+    """Exact metrics and majority baseline with each patient one sample scored by its mean p
+    (called at the row's own threshold where it has one)."""
     labels = [int(row["label"]) for row in rows]
     scores = [row["sum_p"] / row["images"] for row in rows]
-    return binary_metrics(labels, scores, threshold), majority_baseline(labels)
+    thresholds = np.array([_threshold_of(row, threshold) for row in rows], dtype=np.float64)
+    return binary_metrics(labels, scores, thresholds), majority_baseline(labels)
 
 
 def _rows_by_magnification(rows: Iterable[Mapping[str, Any]]) -> dict[str | None, list]:
@@ -105,7 +131,7 @@ def report_from_summaries(
     present = {key for key, s in image_summaries.items() if key != "pooled" and s.n} | {
         key for key in rows if key is not None
     }
-    keys = ["pooled", *sorted(present, key=_magnification_order)]
+    keys = ["pooled", *sorted(present, key=magnification_order)]
     report = _empty_report(threshold)
     for key in keys:
         summary = image_summaries.get(key) or StreamingSummary(threshold)
@@ -121,12 +147,13 @@ def report_from_summaries(
     return report
 
 
-def _empty_report(threshold: float) -> dict[str, Any]:
+def _empty_report(threshold: float | None) -> dict[str, Any]:
     def section() -> dict[str, Any]:
         return {"pooled": {}, "by_magnification": {}}
 
     return {
-        "threshold": float(threshold),
+        # None: each record was called at its own threshold.
+        "threshold": None if threshold is None else float(threshold),
         "image_level": section(),
         "patient_level": section(),
         "baseline": {"image_level": section(), "patient_level": section()},
@@ -163,21 +190,24 @@ def _place(
         report["counts"]["by_magnification"][key] = counts
 
 
-def evaluate(records: Iterable[Mapping[str, Any]], threshold: float) -> dict[str, Any]:
-    """Exact image- and patient-level report, pooled and per magnification, with baselines."""
+def evaluate(records: Iterable[Mapping[str, Any]], threshold: float | None) -> dict[str, Any]:
+    """Exact image- and patient-level report, pooled and per magnification, with baselines.
+
+    threshold None: every record carries its own "threshold" (out-of-fold predictions)."""
     records = list(records)
     rows = _rows_by_magnification(patient_rows_from_records(records, threshold))
     by_key: dict[str, list[Mapping[str, Any]]] = {"pooled": records}
     for record in records:
         by_key.setdefault(record["magnification"], []).append(record)
-    keys = ["pooled", *sorted((k for k in by_key if k != "pooled"), key=_magnification_order)]
+    keys = ["pooled", *sorted((k for k in by_key if k != "pooled"), key=magnification_order)]
     report = _empty_report(threshold)
     for key in keys:
         members = by_key[key]
         labels = [int(r["label"]) for r in members]
         scores = [float(r["p_malignant"]) for r in members]
-        image = binary_metrics(labels, scores, threshold)
-        predicted = [predicted_index(p, threshold) for p in scores]
+        thresholds = np.array([_threshold_of(r, threshold) for r in members], dtype=np.float64)
+        image = binary_metrics(labels, scores, thresholds)
+        predicted = [predicted_index(p, t) for p, t in zip(scores, thresholds, strict=True)]
         ids = [str(r["patient_id"]) for r in members]
         image["patient_recognition_rate"] = patient_recognition_rate(ids, labels, predicted)
         key_rows = rows.get(None if key == "pooled" else key, [])
@@ -214,9 +244,10 @@ def called_both_ways(row: Mapping[str, Any]) -> bool:
     return 0 < row["predicted_malignant"] < row["images"]
 
 
-def patient_table(rows: Sequence[Mapping[str, Any]], threshold: float) -> list[list[Any]]:
+def patient_table(rows: Sequence[Mapping[str, Any]], threshold: float | None) -> list[list[Any]]:
     """One row (values in PATIENT_COLUMNS order) per patient, pooled over magnifications,
-    sorted by patient id: the per-patient table of both jobs (their files and reports)."""
+    sorted by patient id: the per-patient table of both jobs (their files and reports); a row
+    with its own "threshold" is called at it."""
     table = []
     for row in sorted(rows, key=lambda r: r["patient_id"]):
         if row["magnification"] is not None:
@@ -234,7 +265,7 @@ def patient_table(rows: Sequence[Mapping[str, Any]], threshold: float) -> list[l
                 row["predicted_malignant"],
                 patient_call(row),
                 # The patient-level metrics in metrics.json score a patient by its mean p.
-                predicted_label(mean_p, threshold),
+                predicted_label(mean_p, _threshold_of(row, threshold)),
                 called_both_ways(row),
             ]
         )

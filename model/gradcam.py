@@ -74,6 +74,23 @@ def predict_with_gradcam(
     images are normalised model input [N, S, S, 3]; the pass scores all N x tta views. The maps
     explain `class_index` (1 malignant, the default, or 0 benign) and are registered to images.
     """
+    p, p_std, heatmaps, _ = _gradcam_pass(grad_model, images, tta, class_index)
+    return GradCamResult(p.numpy(), p_std.numpy(), heatmaps.numpy())
+
+
+def predict_view_logits_with_gradcam(
+    grad_model: keras.Model, images: np.ndarray | tf.Tensor, tta: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """(each view's logit [N, tta], raw malignant maps [N, h, w]) from one batched pass: what
+    an ensemble needs to combine several models' views (`predict_with_gradcam`'s pass)."""
+    _, _, heatmaps, view_logits = _gradcam_pass(grad_model, images, tta, MALIGNANT)
+    return view_logits.numpy(), heatmaps.numpy()
+
+
+def _gradcam_pass(
+    grad_model: keras.Model, images: np.ndarray | tf.Tensor, tta: int, class_index: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(p, p_std, maps, view logits [N, views]) from the cached traced function."""
     if class_index not in (BENIGN, MALIGNANT):
         raise ValueError(f"class_index must be 0 (benign) or 1 (malignant), got {class_index}")
     views = tta_views(tta)
@@ -81,8 +98,7 @@ def predict_with_gradcam(
     key = (views, class_index)
     if key not in functions:
         functions[key] = _trace_gradcam(grad_model, views, class_index)
-    p, p_std, heatmaps = functions[key](tf.convert_to_tensor(images, dtype=tf.float32))
-    return GradCamResult(p.numpy(), p_std.numpy(), heatmaps.numpy())
+    return functions[key](tf.convert_to_tensor(images, dtype=tf.float32))
 
 
 def _trace_gradcam(grad_model: keras.Model, views: tuple[View, ...], class_index: int) -> Callable:
@@ -116,7 +132,7 @@ def _trace_gradcam(grad_model: keras.Model, views: tuple[View, ...], class_index
         finite = tf.reduce_all(tf.math.is_finite(heatmaps), axis=(1, 2), keepdims=True)
         heatmaps = tf.where(finite, heatmaps, 0.0)
         probability, spread = view_statistics(logit, len(views))
-        return probability, spread, heatmaps
+        return probability, spread, heatmaps, tf.transpose(tf.reshape(logit, [len(views), -1]))
 
     return gradcam
 

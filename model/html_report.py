@@ -190,12 +190,21 @@ def render_report(
     }
     sections = _placed(standard, extra_sections or {})
     threshold = (metrics or {}).get("threshold", (summary or {}).get("threshold"))
+    return render_page(title=title, sections=sections, notes=notes, threshold=threshold)
+
+
+def render_page(
+    *, title: str, sections: Sequence[Section], notes: Sequence[str], threshold: float | None
+) -> str:
+    """A report.html document of sections in the given order, in the shared layout (a report
+    that composes its own sections, as cross-validation's does); threshold None: the footer
+    names none."""
     page = template_environment().get_template("report.html")
     return page.render(
         title=title,
         nav=[(section.name, section.nav) for section in sections],
         notes=list(notes),
-        sections=sections,
+        sections=list(sections),
         threshold=None if threshold is None else format_metric(threshold),
     )
 

@@ -83,9 +83,10 @@ def _as_arrays(y_true: Sequence[int], p_malignant: Sequence[float]) -> tuple[np.
 
 
 def binary_metrics(
-    y_true: Sequence[int], p_malignant: Sequence[float], threshold: float
+    y_true: Sequence[int], p_malignant: Sequence[float], threshold: float | np.ndarray
 ) -> dict[str, Any]:
-    """Exact metrics of scores against labels; p >= threshold is predicted malignant."""
+    """Exact metrics of scores against labels; p >= threshold is predicted malignant (one
+    threshold, or one per score)."""
     y, p = _as_arrays(y_true, p_malignant)
     predicted = predicted_index(p, threshold).astype(bool)
     positive = y == 1

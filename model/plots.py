@@ -225,3 +225,81 @@ def exact_curves(y_true: Sequence[int], p: Sequence[float]) -> dict[str, tuple[n
         # sklearn returns recall descending; ascending matches StreamingSummary.pr_curve.
         result["pr"] = (recall[::-1], precision[::-1])
     return result
+
+
+def metric_spread_png(
+    panels: Mapping[str, Mapping[str, Mapping[str, object]]], title: str = "Metrics over folds"
+) -> bytes:
+    """One panel per metric; in each, per group (pooled, 40X, ...): the mean over folds as a bar
+    with a +-1 sd error bar, each fold's value as a dot, the pooled out-of-fold value as a
+    diamond and the majority baseline's mean as a dash.
+
+    panels maps a metric's label to {group: {"per_fold", "mean", "sd", "oof", "baseline"}}
+    (cv_metrics.json entries plus the baseline's mean); None values are left out.
+    """
+    figure, all_axes = plt.subplots(
+        1, len(panels), figsize=(3.4 * len(panels), 3.6), sharey=True, squeeze=False
+    )
+    labelled: set[str] = set()  # each legend entry once, whichever panel draws it first
+
+    def once(text: str) -> str | None:
+        if text in labelled:
+            return None
+        labelled.add(text)
+        return text
+
+    for axes, (label, groups) in zip(all_axes[0], panels.items(), strict=True):
+        names = list(groups)
+        x = np.arange(len(names))
+        means = [_number(groups[name].get("mean")) for name in names]
+        sds = [_number(groups[name].get("sd")) or 0.0 for name in names]
+        defined = np.array([i for i, mean in enumerate(means) if mean is not None], dtype=int)
+        axes.bar(
+            x[defined],
+            [means[i] for i in defined],
+            yerr=[sds[i] for i in defined],
+            capsize=4,
+            color="#9ecae1",
+            edgecolor="#3182bd",
+            label=once("mean ± sd over folds") if defined.size else None,
+        )
+        for i, name in enumerate(names):
+            folds = [v for v in (groups[name].get("per_fold") or []) if _number(v) is not None]
+            jitter = np.linspace(-0.15, 0.15, len(folds)) if len(folds) > 1 else np.zeros(1)
+            axes.plot(
+                i + jitter[: len(folds)],
+                folds,
+                "o",
+                color="black",
+                markersize=3,
+                label=once("each fold") if folds else None,
+            )
+            for key, marker, colour, text in (
+                ("oof", "D", "#d62728", "out-of-fold (pooled)"),
+                ("baseline", "_", "grey", "majority baseline (mean)"),
+            ):
+                value = _number(groups[name].get(key))
+                if value is not None:
+                    axes.plot(
+                        [i],
+                        [value],
+                        marker,
+                        color=colour,
+                        markersize=10 if key == "baseline" else 5,
+                        markeredgewidth=2,
+                        label=once(text),
+                    )
+        axes.set_xticks(x, labels=names)
+        axes.set(ylim=(0, 1.05), title=label)
+        axes.grid(alpha=0.3, axis="y")
+    handles = [h for axes in all_axes[0] for h in axes.get_legend_handles_labels()[0]]
+    figure.legend(handles=handles, loc="lower center", ncol=4, fontsize="small")
+    figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    return _to_png(figure)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+        return float(value)
+    return None

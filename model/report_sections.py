@@ -96,6 +96,7 @@ class GalleryItem:
     category: str  # one of GALLERY_CATEGORIES
     p_std: float | None = None  # spread over the test-time views; None: not computed
     heatmap_peak: float | None = None  # the raw map's maximum (predictions.csv's heatmap_peak)
+    fold: int | None = None  # cross-validation: the fold whose model scored the image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +296,7 @@ def _gallery_card(item: GalleryItem) -> dict[str, Any]:
         "peak": None if item.heatmap_peak is None else f"{float(item.heatmap_peak):.3g}",
         "predicted": label_tag(item.predicted_label),
         "true": label_tag(item.true_label),
+        "fold": item.fold,
     }
 
 
@@ -304,14 +306,17 @@ def gallery_section(
     has_ground_truth: bool,
     images_list: str | None,
     heatmap_scale: float | None = None,
+    shown: Sequence[str] = GALLERY_CATEGORIES,
+    fold_scales: Mapping[int, float | None] | None = None,
 ) -> Section:
-    """The Grad-CAM gallery by category, with what its maps show on which scale (the model
-    card's heatmap_scale; None: each map on its own peak); ValueError for an unknown category."""
-    unknown = {item.category for item in gallery} - set(GALLERY_CATEGORIES)
+    """The Grad-CAM gallery by category (those in `shown`), with what its maps show on which
+    scale: the model card's heatmap_scale (None: each map on its own peak), or with
+    `fold_scales` each fold model's own; ValueError for an unknown category."""
+    unknown = ({item.category for item in gallery} | set(shown)) - set(GALLERY_CATEGORIES)
     if unknown:
         raise ValueError(f"unknown gallery categories {sorted(unknown)}; use {GALLERY_CATEGORIES}")
     categories = []
-    for category in GALLERY_CATEGORIES:
+    for category in (name for name in GALLERY_CATEGORIES if name in shown):
         heading, blurb = _GALLERY_TEXT[category]
         items = [item for item in gallery if item.category == category]
         total = (totals or {}).get(category, len(items))
@@ -330,20 +335,30 @@ def gallery_section(
         "has_ground_truth": has_ground_truth,
         "images_list": images_list,
         "categories": categories,
-        "heatmap": heatmap_key(heatmap_scale),
+        "heatmap": heatmap_key(heatmap_scale, fold_scales),
     }
     return Section("gallery", "Grad-CAM gallery", data)
 
 
-def heatmap_key(scale: float | None) -> dict[str, Any]:
-    """The overlays' colour key: their shared scale and CSS gradient stops of the colour and
-    opacity `model.overlay.overlay_heatmap` gives from no evidence (0) to the scale (1)."""
+def heatmap_key(
+    scale: float | None, fold_scales: Mapping[int, float | None] | None = None
+) -> dict[str, Any]:
+    """The overlays' colour key: their shared scale (or, in cross-validation, each fold's, as
+    one line) and CSS gradient stops of the colour and opacity `model.overlay.overlay_heatmap`
+    gives from no evidence (0) to the scale (1)."""
     stops = []
     for level in (0.0, 0.25, 0.5, 0.75, 1.0):
         red, green, blue = (int(value) for value in JET_LUT[round(level * 255)])
         stops.append(f"rgba({red},{green},{blue},{HEATMAP_MAX_ALPHA * level:.3f}) {level:.0%}")
+    by_fold = None
+    if fold_scales is not None:
+        by_fold = ", ".join(
+            f"fold {fold}: {'its own peak' if value is None else f'{float(value):.4g}'}"
+            for fold, value in sorted(fold_scales.items())
+        )
     return {
         "scale": None if scale is None else f"{float(scale):.4g}",
+        "fold_scales": by_fold,
         "percentile": f"{HEATMAP_SCALE_PERCENTILE:g}",
         "max_opacity": f"{HEATMAP_MAX_ALPHA:.0%}",
         "gradient": ", ".join(stops),

@@ -135,7 +135,7 @@ def predict_with_tta(
 
     logits_of is a `logit_model`; images are normalised model input [N, S, S, 3].
     """
-    probability, spread, _ = _tta_function(logits_of, tta)(
+    probability, spread, _, _ = _tta_function(logits_of, tta)(
         tf.convert_to_tensor(images, dtype=tf.float32)
     )
     return probability.numpy(), spread.numpy()
@@ -145,12 +145,25 @@ def predict_mean_logit(
     logits_of: keras.Model, images: np.ndarray | tf.Tensor, tta: int
 ) -> np.ndarray:
     """The mean logit [N] over the tta views of each image (`mean_view_logit`), in one pass."""
-    _, _, mean_logit = _tta_function(logits_of, tta)(tf.convert_to_tensor(images, dtype=tf.float32))
+    _, _, mean_logit, _ = _tta_function(logits_of, tta)(
+        tf.convert_to_tensor(images, dtype=tf.float32)
+    )
     return mean_logit.numpy()
 
 
+def predict_view_logits(
+    logits_of: keras.Model, images: np.ndarray | tf.Tensor, tta: int
+) -> np.ndarray:
+    """Each view's logit [N, tta] (views in `VIEWS` order) of N images, in one pass."""
+    _, _, _, view_logits = _tta_function(logits_of, tta)(
+        tf.convert_to_tensor(images, dtype=tf.float32)
+    )
+    return view_logits.numpy()
+
+
 def _tta_function(logits_of: keras.Model, tta: int) -> Callable:
-    """The traced (p, p_std, mean logit) function of a logit model and view count, cached."""
+    """The traced (p, p_std, mean logit, view logits [N, views]) function of a logit model and
+    view count, cached."""
     functions = _TTA_FUNCTIONS.setdefault(logits_of, {})
     if tta not in functions:
         functions[tta] = _trace_tta(logits_of, tta_views(tta))
@@ -158,7 +171,8 @@ def _tta_function(logits_of: keras.Model, tta: int) -> Callable:
 
 
 def _trace_tta(logits_of: keras.Model, views: tuple[View, ...]) -> Callable:
-    """A tf.function giving (p, p_std, mean logit) for every view of a batch, traced once."""
+    """A tf.function giving (p, p_std, mean logit, view logits [N, views]) for every view of a
+    batch, traced once."""
     model_ref = weakref.ref(logits_of)  # the cache must not keep its own key alive
     image_shape = tuple(logits_of.inputs[0].shape[1:])
     if not turns_fit(views, image_shape):
@@ -168,6 +182,10 @@ def _trace_tta(logits_of: keras.Model, views: tuple[View, ...]) -> Callable:
     def scores(images: tf.Tensor):
         batch = tf.concat([apply_view(images, view) for view in views], axis=0)
         logits = tf.reshape(tf.cast(model_ref()(batch, training=False), tf.float32), [-1])
-        return (*view_statistics(logits, len(views)), mean_view_logit(logits, len(views)))
+        return (
+            *view_statistics(logits, len(views)),
+            mean_view_logit(logits, len(views)),
+            tf.transpose(tf.reshape(logits, [len(views), -1])),
+        )
 
     return scores

@@ -72,6 +72,7 @@ def prediction_row(
         heatmap_path,
         p_std=score.p_std,
         heatmap_peak=score.heatmap_peak,
+        member_std=score.member_std,
     )
     return with_quality(row, result.example.quality, expected_sizes)
 

@@ -11,6 +11,11 @@ quality measures of the decoded image), and turning a result into its prediction
 (writing the Grad-CAM overlay, raising the quality flags) its post-processing function, so
 RunInference's exception handling routes unreadable files and failed writes to its dead-letter
 outputs.
+
+Several exports (`pipelines.ensemble`) are scored by `EnsembleModelHandler`: every member is
+loaded once per worker process, and each chunk of images goes through one batched pass per
+member (all views of its images); the members' view logits and maps are combined by the rules of
+`pipelines.ensemble`. One export is always scored by `GradCamModelHandler`, as before ensembles.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from model import storage
 from model.preprocessing import OVERLAY_MAX_SIDE, prepare_measured_image
 from model.quality import QualityMeasures, SizeRange
 from model.tensorflow_runtime import load_tensorflow
+from pipelines.ensemble import Member, combine_heatmaps, combine_logits, ensemble_model_id
 from pipelines.heatmaps import prediction_row
 
 logger = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class ImageScore(NamedTuple):
     heatmap: np.ndarray | None  # raw Grad-CAM of the malignant logit, float32 [h, w] >= 0
     p_std: float = 0.0  # standard deviation of the views' probabilities
     heatmap_peak: float | None = None  # the raw map's maximum (None without Grad-CAM)
+    member_std: float | None = None  # spread of the ensemble members' p (None: one model)
 
 
 def read_and_prepare(
@@ -79,6 +86,45 @@ class LoadedScorer:
     logit_model: Any | None = None
 
 
+def load_scorer(
+    model_dir: str,
+    gradcam: bool,
+    last_conv_layer: str | None = None,
+    logit_layer: str | None = None,
+    logits: bool = False,
+) -> LoadedScorer:
+    """One export loaded for scoring: its Grad-CAM model (with gradcam), else its logit model
+    when `logits` (test-time views, or an ensemble's member); layer names default to the card's.
+    """
+    load_tensorflow()
+    from model.gradcam import gradcam_model
+    from model.model_card import load_exported_model
+    from model.tta import logit_model
+
+    start = time.perf_counter()
+    model, card = load_exported_model(model_dir)
+    logit_layer = logit_layer or card.logit_layer
+    grad_model = logits_of = None
+    if gradcam:
+        grad_model = gradcam_model(
+            model,
+            last_conv_layer=last_conv_layer or card.last_conv_layer,
+            logit_layer=logit_layer,
+        )
+    elif logits:
+        logits_of = logit_model(model, logit_layer)
+    logger.info(
+        "Worker process %d loaded model %s from %s in %.1fs",
+        os.getpid(),
+        card.model_id,
+        model_dir,
+        time.perf_counter() - start,
+    )
+    return LoadedScorer(
+        model=model, grad_model=grad_model, model_id=card.model_id, logit_model=logits_of
+    )
+
+
 class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedScorer]):
     """Loads a training export and scores batches with (optionally) Grad-CAM in one pass."""
 
@@ -103,32 +149,12 @@ class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedSc
 
     def load_model(self) -> LoadedScorer:
         """Load the export (staged from `gs://` if needed) and build the Grad-CAM model."""
-        load_tensorflow()
-        from model.gradcam import gradcam_model
-        from model.model_card import load_exported_model
-        from model.tta import logit_model
-
-        start = time.perf_counter()
-        model, card = load_exported_model(self._model_dir)
-        logit_layer = self._logit_layer or card.logit_layer
-        grad_model = logits = None
-        if self._gradcam:
-            grad_model = gradcam_model(
-                model,
-                last_conv_layer=self._last_conv_layer or card.last_conv_layer,
-                logit_layer=logit_layer,
-            )
-        elif self._tta > 1:
-            logits = logit_model(model, logit_layer)
-        logger.info(
-            "Worker process %d loaded model %s from %s in %.1fs",
-            os.getpid(),
-            card.model_id,
+        return load_scorer(
             self._model_dir,
-            time.perf_counter() - start,
-        )
-        return LoadedScorer(
-            model=model, grad_model=grad_model, model_id=card.model_id, logit_model=logits
+            gradcam=self._gradcam,
+            last_conv_layer=self._last_conv_layer,
+            logit_layer=self._logit_layer,
+            logits=self._tta > 1,
         )
 
     def run_inference(
@@ -181,18 +207,154 @@ class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedSc
 
     def get_num_bytes(self, batch: Sequence[PreparedImage]) -> int:
         """Array bytes of the batch (the default pickles it, which costs as much as scoring)."""
-        return sum(
-            item.model_input.nbytes + (item.original.nbytes if item.original is not None else 0)
-            for item in batch
-        )
+        return _array_bytes(batch)
 
     def get_metrics_namespace(self) -> str:
         """Namespace of RunInference's own metrics (load latency, inference counts)."""
         return METRICS_NAMESPACE
 
 
+@dataclasses.dataclass
+class LoadedEnsemble:
+    """What `EnsembleModelHandler.load_model` returns: every member, loaded, in member order."""
+
+    members: tuple[LoadedScorer, ...]
+    model_id: str  # the ensemble's (pipelines.ensemble.ensemble_model_id)
+
+
+class EnsembleModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedEnsemble]):
+    """Loads several exports once per worker process and scores each batch with all of them.
+
+    Each chunk of images (at most --batch_size views a pass) goes through one batched pass per
+    member, so a pass's memory is the single model's whatever the number of members; the
+    weights of every member stay loaded (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        gradcam: bool = True,
+        batch_size: int = 32,
+        tta: int = 1,
+    ):
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        self._members = tuple(members)
+        self._batch_size = batch_size
+        self._tta = tta
+        self._gradcam = gradcam
+
+    def load_model(self) -> LoadedEnsemble:
+        """Load every member (Grad-CAM models with Grad-CAM, logit models without)."""
+        loaded = tuple(
+            load_scorer(
+                member.model_dir,
+                gradcam=self._gradcam,
+                last_conv_layer=member.last_conv_layer,
+                logit_layer=member.logit_layer,
+                logits=True,
+            )
+            for member in self._members
+        )
+        model_id = ensemble_model_id([member.model_id for member in loaded])
+        logger.info(
+            "Worker process %d holds ensemble %s of %d models", os.getpid(), model_id, len(loaded)
+        )
+        return LoadedEnsemble(members=loaded, model_id=model_id)
+
+    def run_inference(
+        self,
+        batch: Sequence[PreparedImage],
+        model: LoadedEnsemble,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        """Score a batch: per chunk of images whose views fit in --batch_size, one pass per
+        member (under a gradient tape with Grad-CAM), then the members' answers combined."""
+        from model.tta import images_per_pass
+
+        step = images_per_pass(self._batch_size, self._tta)
+        scores: list[ImageScore] = []
+        for start in range(0, len(batch), step):
+            images = np.stack([item.model_input for item in batch[start : start + step]])
+            scores += self._score(images, model)
+        return [
+            PredictionResult(item, score, model.model_id)
+            for item, score in zip(batch, scores, strict=True)
+        ]
+
+    def _score(self, images: np.ndarray, model: LoadedEnsemble) -> list[ImageScore]:
+        """The ensemble's scores of images: each member's pass, combined."""
+        from model.gradcam import predict_view_logits_with_gradcam
+        from model.overlay import heatmap_peaks
+        from model.tta import predict_view_logits
+
+        view_logits, maps = [], []
+        for member in model.members:
+            if member.grad_model is not None:
+                logits, heatmaps = predict_view_logits_with_gradcam(
+                    member.grad_model, images, tta=self._tta
+                )
+                view_logits.append(logits)
+                maps.append(heatmaps)
+            else:
+                view_logits.append(predict_view_logits(member.logit_model, images, self._tta))
+        combined = combine_logits(np.stack(view_logits))
+        if not maps:
+            return [
+                ImageScore(float(p), None, float(spread), None, float(disagreement))
+                for p, spread, disagreement in zip(
+                    combined.p_malignant, combined.p_std, combined.member_std, strict=True
+                )
+            ]
+        heatmaps = combine_heatmaps(maps, [member.heatmap_scale for member in self._members])
+        return [
+            ImageScore(float(p), heatmap, float(spread), float(peak), float(disagreement))
+            for p, spread, heatmap, peak, disagreement in zip(
+                combined.p_malignant,
+                combined.p_std,
+                heatmaps,
+                heatmap_peaks(heatmaps),
+                combined.member_std,
+                strict=True,
+            )
+        ]
+
+    def get_num_bytes(self, batch: Sequence[PreparedImage]) -> int:
+        """Array bytes of the batch (the default pickles it, which costs as much as scoring)."""
+        return _array_bytes(batch)
+
+    def get_metrics_namespace(self) -> str:
+        """Namespace of RunInference's own metrics (load latency, inference counts)."""
+        return METRICS_NAMESPACE
+
+
+def _array_bytes(batch: Sequence[PreparedImage]) -> int:
+    return sum(
+        item.model_input.nbytes + (item.original.nbytes if item.original is not None else 0)
+        for item in batch
+    )
+
+
+def scoring_handler(
+    members: Sequence[Member], gradcam: bool = True, batch_size: int = 32, tta: int = 1
+) -> ModelHandler:
+    """The handler for a run's members: the single-model handler for one, else the ensemble's."""
+    if len(members) == 1:
+        (member,) = members
+        return GradCamModelHandler(
+            member.model_dir,
+            gradcam=gradcam,
+            batch_size=batch_size,
+            last_conv_layer=member.last_conv_layer,
+            logit_layer=member.logit_layer,
+            tta=tta,
+        )
+    return EnsembleModelHandler(members, gradcam=gradcam, batch_size=batch_size, tta=tta)
+
+
 def keyed_scoring_handler(
-    model_dir: str,
+    model: str | Sequence[Member],
     image_size: int,
     threshold: float,
     heatmap_dir: str,
@@ -207,20 +369,24 @@ def keyed_scoring_handler(
 ) -> ModelHandler:
     """Path -> ScoredImage: reads in preprocessing, writes the overlay in post-processing.
 
+    model: one export folder (scored with last_conv_layer and logit_layer, by default its card's),
+    or the run's members (`pipelines.ensemble.Member`; one member is that export alone).
     expected_sizes: the training images' size range from the model card, for the
     unexpected_size flag (None: no size check). heatmap_scale is the model card's shared
     Grad-CAM scale (None: each map by its own peak).
     """
-    handler = KeyedModelHandler(
-        GradCamModelHandler(
-            model_dir,
+    if isinstance(model, str):
+        scorer = GradCamModelHandler(
+            model,
             gradcam=gradcam,
             batch_size=batch_size,
             last_conv_layer=last_conv_layer,
             logit_layer=logit_layer,
             tta=tta,
         )
-    )
+    else:
+        scorer = scoring_handler(model, gradcam=gradcam, batch_size=batch_size, tta=tta)
+    handler = KeyedModelHandler(scorer)
     return handler.with_preprocess_fn(
         functools.partial(
             read_and_prepare, image_size=image_size, keep_original=gradcam, max_bytes=max_bytes

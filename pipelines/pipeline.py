@@ -28,6 +28,7 @@ from pipelines.dead_letters import (
     error_for_scored,
     errors_for_batch,
 )
+from pipelines.ensemble import Member
 from pipelines.heatmaps import HEATMAP_DIR
 from pipelines.inputs import EXCLUDED_TAG, IMAGES_TAG, INVALID_NAMES_TAG, SKIPPED_TAG, MatchImages
 from pipelines.model_handler import keyed_scoring_handler
@@ -51,7 +52,7 @@ class ScoringConfig:
 
     run_id: str
     patterns: tuple[str, ...]
-    model_dir: str
+    members: tuple[Member, ...]  # the exports scored with (one, or an ensemble's)
     output_dir: str
     gradcam: bool
     batch_size: int
@@ -60,13 +61,12 @@ class ScoringConfig:
     image_size: int
     threshold: float
     model_id: str
-    last_conv_layer: str
-    logit_layer: str
     progress_interval: float
     review_limit: int
     expected_sizes: SizeRange | None = None  # training image sizes from the card; None: no check
     tta: int = 1  # test-time views per image (model.tta)
-    heatmap_scale: float | None = None  # the card's shared Grad-CAM scale, None: per image
+    # The maps' display scale (pipelines.ensemble.Ensemble.heatmap_scale), None: per image
+    heatmap_scale: float | None = None
 
 
 class ScoreImages(beam.PTransform):
@@ -86,15 +86,13 @@ class ScoreImages(beam.PTransform):
         """Read, decode, score, explain and write each image's overlay."""
         config = self._config
         handler = keyed_scoring_handler(
-            config.model_dir,
+            config.members,
             image_size=config.image_size,
             threshold=config.threshold,
             heatmap_dir=storage.join(config.output_dir, HEATMAP_DIR),
             gradcam=config.gradcam,
             batch_size=config.batch_size,
             max_bytes=config.max_bytes,
-            last_conv_layer=config.last_conv_layer,
-            logit_layer=config.logit_layer,
             expected_sizes=config.expected_sizes,
             tta=config.tta,
             heatmap_scale=config.heatmap_scale,

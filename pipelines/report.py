@@ -31,7 +31,7 @@ from model.plots import EVALUATION_PLOTS
 from model.preprocessing import bounded_copy, decode_rgb
 from model.quality_section import quality_section
 from model.report_assets import REPORT_ASSETS_DIR, downsize
-from model.report_sections import Section
+from model.report_sections import Section, format_metric
 from pipelines.aggregates import MetricsInputs
 from pipelines.heatmaps import heatmap_name, overlay_href
 from pipelines.review import ReviewQueue
@@ -165,10 +165,17 @@ def write_scoring_report(
         for row in patient_table(metrics_inputs.patient_rows, threshold)
     ]
     plots = EVALUATION_PLOTS if metrics is not None else {}
-    notes = [
-        f"Scored with model {summary.get('model_id')} at decision threshold {threshold:.4f} "
-        "(chosen on the training job's validation split).",
-    ]
+    members = summary.get("members") or []
+    if len(members) > 1:
+        notes = [
+            f"Scored with an ensemble of {len(members)} models ({summary.get('model_id')}) at "
+            f"decision threshold {threshold:.4f} (the {summary.get('threshold_rule')}).",
+        ]
+    else:
+        notes = [
+            f"Scored with model {summary.get('model_id')} at decision threshold {threshold:.4f} "
+            "(chosen on the training job's validation split).",
+        ]
     if not gradcam:
         notes.append("Run with --no_gradcam: no heatmaps, so no Grad-CAM gallery.")
     review_data = needs_review_section(review, gradcam)
@@ -204,10 +211,43 @@ def _extra_sections(
 ) -> dict[str, list[Section]]:
     """The scoring report's own sections, by where they go: "Needs review" opens the page."""
     sections = {"top": [review_section(review_data, threshold)]}
+    members = members_section(summary)
+    if members is not None:
+        sections["run"] = [members]
     quality = quality_section(summary.get("quality_control"), metrics)
     if quality is not None:
         sections["headline"] = [quality]
     return sections
+
+
+def members_section(summary: Mapping[str, Any]) -> Section | None:
+    """The ensemble's members and rules (summary.json's `members`); None for one model."""
+    members = summary.get("members") or []
+    if len(members) < 2:
+        return None
+    return Section(
+        "members",
+        "Ensemble",
+        {
+            "model_id": summary.get("model_id"),
+            "count": len(members),
+            "threshold": format_metric(summary.get("threshold")),
+            "threshold_rule": summary.get("threshold_rule"),
+            "heatmap_units": summary.get("heatmap_units"),
+            "members": [
+                {
+                    "model_id": member["model_id"],
+                    "model_dir": member["model_dir"],
+                    "given_as": member["given_as"],
+                    "threshold": format_metric(member["threshold"]),
+                    "eval_tta": member["eval_tta"],
+                    "temperature": format_metric(member["temperature"]),
+                    "heatmap_scale": format_metric(member["heatmap_scale"]),
+                }
+                for member in members
+            ],
+        },
+    )
 
 
 def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,10 @@ Every scored image gets its reasons for review:
 - `patient_disagreement`: its call differs from its patient's call (the majority of the
   patient's image calls, `model.evaluation.patient_call`, as in patients.csv); only labelled
   images have a patient;
-- `uncertain`: `p_std`, the spread of P(malignant) over the test-time augmentation views, is
-  above the image's distance from the threshold, `is_uncertain` (never at --tta 1, where p_std
-  is 0);
+- `uncertain`: `p_std`, the spread of P(malignant) over the test-time augmentation views, or
+  `member_std`, its spread over an ensemble's members, is above the image's distance from the
+  threshold, `is_uncertain` (never for one model at --tta 1, where p_std is 0 and member_std
+  empty);
 - `near_threshold`: P(malignant) is within the band NEAR_THRESHOLD_ODDS_RATIO defines around the
   model card's threshold.
 
@@ -50,7 +51,8 @@ MODEL_REASONS = (PATIENT_DISAGREEMENT, UNCERTAIN, NEAR_THRESHOLD)
 # Odds rather than a fixed +-0.1 in p so the band keeps the same meaning at any threshold (at
 # t = 0.1 a +-0.1 band would reach p = 0, calls that are wrong almost never).
 NEAR_THRESHOLD_ODDS_RATIO = 1.5
-UNCERTAIN_RULE = "p_std > |p_malignant - threshold|"  # `is_uncertain`, as summary.json says it
+# `is_uncertain`, as summary.json says it (member_std: ensembles only)
+UNCERTAIN_RULE = "max(p_std, member_std) > |p_malignant - threshold|"
 # p is clipped to [P_CLIP, 1 - P_CLIP] before taking log-odds, so p = 0 or 1 (written with 6
 # decimals) has a finite distance from the threshold, still beyond every written p in between.
 P_CLIP = 1e-7
@@ -64,17 +66,27 @@ def near_threshold_band(threshold: float) -> tuple[float, float]:
     return low, high
 
 
-def is_uncertain(p_malignant: float, p_std: float, threshold: float) -> bool:
-    """Whether the views' spread reaches the threshold: p_std > |p - threshold|.
+def is_uncertain(
+    p_malignant: float, p_std: float, threshold: float, member_std: float | None = None
+) -> bool:
+    """Whether the views' or the members' spread reaches the threshold:
+    max(p_std, member_std) > |p - threshold|.
 
     One standard deviation of view-to-view spread then carries the call across the threshold:
     it depends on the orientation the field happened to be scanned in. The level is the image's
     own distance from the threshold, not a fixed spread, because p spreads least near 0 and 1:
     with the real-sample model (t = 0.078) the largest 8-view spread over the 345 sample images
     was 0.084, so a fixed 0.1 would flag none, while this rule flags 9 (4 of them misclassified).
-    Never true at --tta 1, where p_std is 0.
+    An ensemble's member_std is held to the same level: one standard deviation of disagreement
+    between models trained on other patients carries the call across the threshold. Never true
+    for one model at --tta 1, where p_std is 0 and member_std is None.
     """
-    return p_std > abs(p_malignant - threshold)
+    return largest_spread(p_std, member_std) > abs(p_malignant - threshold)
+
+
+def largest_spread(p_std: float, member_std: float | None) -> float:
+    """The larger of the views' and the members' spread (member_std None: one model)."""
+    return p_std if member_std is None else max(p_std, member_std)
 
 
 def _log_odds(p: float) -> float:
@@ -103,6 +115,7 @@ class ReviewCandidate(NamedTuple):
     true_label: str
     qc_flags: str
     heatmap_path: str
+    member_std: float | None = None  # ensembles only
 
 
 class ReviewItem(NamedTuple):
@@ -120,6 +133,7 @@ class ReviewItem(NamedTuple):
     true_label: str
     qc_flags: str
     heatmap_path: str
+    member_std: float | None = None  # ensembles only; empty for one model
 
 
 REVIEW_COLUMNS: tuple[str, ...] = ReviewItem._fields
@@ -142,7 +156,7 @@ def review_candidate(
     low, high = near_threshold_band(threshold)
     found = {
         PATIENT_DISAGREEMENT: bool(call) and record.predicted_label != call,
-        UNCERTAIN: is_uncertain(record.p_malignant, record.p_std, threshold),
+        UNCERTAIN: is_uncertain(record.p_malignant, record.p_std, threshold, record.member_std),
         NEAR_THRESHOLD: low <= record.p_malignant <= high,
     }
     reasons = [*parse_flags(record.qc_flags), *[name for name in MODEL_REASONS if found[name]]]
@@ -158,6 +172,7 @@ def review_candidate(
         true_label=record.true_label,
         qc_flags=record.qc_flags,
         heatmap_path=record.heatmap_path,
+        member_std=record.member_std,
     )
 
 
@@ -171,7 +186,8 @@ def review_priority(candidate: ReviewCandidate, threshold: float) -> tuple[int, 
          the most confident dissenting call first (largest log-odds distance from the
          threshold), since a clearly malignant image in a patient called benign is the one most
          likely to change a diagnosis.
-      2. uncertain: the views of one field disagree; largest p_std first.
+      2. uncertain: the views of one field, or an ensemble's members, disagree; largest spread
+         (`largest_spread`) first.
       3. near_threshold: closest to the threshold first (the calls nearest a coin flip).
     The image path breaks the remaining ties, so the order is total and the same on any runner.
     """
@@ -182,7 +198,7 @@ def review_priority(candidate: ReviewCandidate, threshold: float) -> tuple[int, 
     if PATIENT_DISAGREEMENT in candidate.reasons:
         return 1, -distance, candidate.image_path
     if UNCERTAIN in candidate.reasons:
-        return 2, -float(candidate.p_std), candidate.image_path
+        return 2, -largest_spread(candidate.p_std, candidate.member_std), candidate.image_path
     return 3, distance, candidate.image_path
 
 

@@ -59,7 +59,8 @@ def review_section(data: Mapping[str, Any], threshold: float) -> Section:
     low, high = near_threshold_band(threshold)
     meanings = {
         PATIENT_DISAGREEMENT: "the image is called differently from its patient's majority call",
-        UNCERTAIN: f"the spread over the augmented views reaches the threshold ({UNCERTAIN_RULE})",
+        UNCERTAIN: "the spread over the augmented views, or over the ensemble's members, reaches "
+        f"the threshold ({UNCERTAIN_RULE})",
         NEAR_THRESHOLD: f"p(malignant) within [{low:.4f}, {high:.4f}] around the threshold",
         **FLAG_MEANINGS,
     }

@@ -30,6 +30,8 @@ class ScoredImage(NamedTuple):
     tissue_fraction: float | None = None
     focus_score: float | None = None
     stain_score: float | None = None
+    # Ensembles only: standard deviation of the members' P(malignant); empty for one model.
+    member_std: float | None = None
 
 
 class ScoringError(NamedTuple):
@@ -51,6 +53,7 @@ def scored_image(
     heatmap_path: str,
     p_std: float = 0.0,
     heatmap_peak: float | None = None,
+    member_std: float | None = None,
 ) -> ScoredImage:
     """The prediction row of one image, with ground truth parsed from a BreakHis file name."""
     # The rounded score is the one written, thresholded and aggregated, so predictions.csv,
@@ -68,6 +71,7 @@ def scored_image(
         heatmap_path=heatmap_path,
         heatmap_peak=None if heatmap_peak is None else significant(heatmap_peak),
         p_std=round(float(p_std), P_DECIMALS),
+        member_std=None if member_std is None else round(float(member_std), P_DECIMALS),
     )
 
 

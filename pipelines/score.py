@@ -1,6 +1,6 @@
 """Batch-score histopathology images with a training export, on any Beam runner.
 
-    python -m pipelines.score --input 'images/**' --model_dir export/ --output_dir scores/ \
+    python -m pipelines.score --input 'images/**' --model_dir DIR [DIR ...] --output_dir scores/ \
         [--no_gradcam] [--tta 1|2|4|8] [--batch_size 32] [--max_error_fraction 0.05] \
         [--max_file_mb 256] [--review_limit 1000] [--overwrite] [-v] [Beam options]
 
@@ -8,7 +8,8 @@ Flow (pipelines/pipeline.py): MatchImages -> ScoreImages (RunInference: read + d
 preprocess, one batched forward pass giving P(malignant) and Grad-CAM, overlay written in
 post-processing) -> CollectErrors -> WriteOutputs (predictions, errors, metrics, review) ->
 WriteReports (report.html, then summary.json last). Flags this module does not know
-(`--runner`, `--direct_num_workers`, `--project`, ...) go to Beam untouched.
+(`--runner`, `--direct_num_workers`, `--project`, ...) go to Beam untouched. Several exports, or
+a cross-validation folder standing for its folds, score as one ensemble (pipelines/ensemble.py).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from model import storage
-from model.quality import size_range_from_card
 from model.tensorflow_runtime import set_verbosity
 from pipelines.csv_output import CSV_SUFFIX, ERRORS_NAME
+from pipelines.ensemble import heatmap_units, threshold_rule
+from pipelines.ensemble_checks import check_model_dirs, default_views
 from pipelines.launch_checks import (
     LaunchError,
     check_flags,
@@ -43,7 +45,6 @@ from pipelines.launch_checks import (
     check_output_dir,
     check_remote_locations,
 )
-from pipelines.model_checks import check_model_export
 from pipelines.pipeline import ScoringConfig, build_pipeline
 from pipelines.progress import DEFAULT_INTERVAL_SECONDS, quiet_worker_logs
 from pipelines.report_writer import SUMMARY_FILE, read_summary
@@ -84,7 +85,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         help="glob patterns, local or gs:// (** crosses folders), folders, or CSV manifests "
         "with an image_path column",
     )
-    parser.add_argument("--model_dir", required=True, help="training export, local or gs://")
+    parser.add_argument(
+        "--model_dir",
+        nargs="+",
+        required=True,
+        help="training export(s), local or gs://; a cross-validation output folder stands for "
+        "all its fold-<i>/ exports; several exports score as one ensemble (mean logit)",
+    )
     parser.add_argument("--output_dir", required=True, help="output folder, local or gs://")
     parser.add_argument(
         "--no_gradcam", action="store_true", help="score only; no heatmaps (faster)"
@@ -185,21 +192,26 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
         args.review_limit,
         args.tta,
     )
-    check_remote_locations(runner, [*args.input, args.model_dir, args.output_dir])
+    check_remote_locations(runner, [*args.input, *args.model_dir, args.output_dir])
     patterns = check_inputs(args.input, args.output_dir)
-    card = check_model_export(args.model_dir, gradcam=not args.no_gradcam)
-    tta = card.eval_tta if args.tta is None else args.tta
-    if tta != card.eval_tta:
+    ensemble = check_model_dirs(args.model_dir, gradcam=not args.no_gradcam)
+    tta = default_views(ensemble, args.tta)
+    for member in ensemble.members:
+        if tta != member.eval_tta:
+            logger.warning(
+                "--tta %d, but the model's threshold was chosen on p from %d view(s) (its card's "
+                "eval_tta%s): calls near the threshold may differ from the training job's",
+                tta,
+                member.eval_tta,
+                f", {member.model_dir}" if len(ensemble.members) > 1 else "",
+            )
+    if not args.no_gradcam and ensemble.heatmap_scale is None:
+        unscaled = [m.model_dir for m in ensemble.members if m.heatmap_scale is None]
         logger.warning(
-            "--tta %d, but the model's threshold was chosen on p from %d view(s) (its card's "
-            "eval_tta): calls near the threshold may differ from the training job's",
-            tta,
-            card.eval_tta,
-        )
-    if not args.no_gradcam and card.heatmap_scale is None:
-        logger.warning(
-            "The model card has no heatmap_scale: each heatmap is shown on its own peak, so "
-            "colours are not comparable between images (compare heatmap_peak instead)"
+            "The model card %s no heatmap_scale: each heatmap is shown on its own peak, so "
+            "colours are not comparable between images (compare heatmap_peak instead)%s",
+            "has" if len(ensemble.members) == 1 else f"of {', '.join(unscaled)} has",
+            "" if len(ensemble.members) == 1 else "; the members' raw maps are averaged",
         )
     earlier = check_output_dir(args.output_dir, args.overwrite)
     num_shards = args.num_shards
@@ -208,23 +220,21 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
     config = ScoringConfig(
         run_id=uuid.uuid4().hex,
         patterns=tuple(patterns),
-        model_dir=args.model_dir,
+        members=ensemble.members,
         output_dir=args.output_dir,
         gradcam=not args.no_gradcam,
         batch_size=args.batch_size,
         num_shards=num_shards,
         max_bytes=storage.max_bytes_from_mb(args.max_file_mb),
-        image_size=card.image_size,
-        threshold=float(card.threshold),
-        model_id=card.model_id,
-        last_conv_layer=card.last_conv_layer,
-        logit_layer=card.logit_layer,
+        image_size=ensemble.image_size,
+        threshold=ensemble.threshold,
+        model_id=ensemble.model_id,
         progress_interval=args.progress_interval,
         review_limit=args.review_limit,
         # Cards made before input quality control record no sizes: no unexpected_size check.
-        expected_sizes=size_range_from_card(card.training_image_sizes),
+        expected_sizes=ensemble.expected_sizes,
         tta=tta,
-        heatmap_scale=card.heatmap_scale,
+        heatmap_scale=ensemble.heatmap_scale,
     )
     return config, earlier
 
@@ -255,12 +265,16 @@ def launch(
     job = {
         "run_id": config.run_id,
         "model_id": config.model_id,
-        "model_dir": config.model_dir,
+        # As given: one folder (an export or a cross-validation folder), or the list of them.
+        "model_dir": args.model_dir[0] if len(args.model_dir) == 1 else list(args.model_dir),
+        "members": [member.summary() for member in config.members],
         "threshold": config.threshold,
+        "threshold_rule": threshold_rule(len(config.members)),
         "image_size": config.image_size,
         "gradcam": config.gradcam,
         "tta": config.tta,
         "heatmap_scale": config.heatmap_scale if config.gradcam else None,
+        "heatmap_units": heatmap_units(config.members) if config.gradcam else None,
         "input": list(args.input),
         "output_dir": config.output_dir,
         "batch_size": config.batch_size,
@@ -272,11 +286,12 @@ def launch(
         **runner,
     }
     logger.info(
-        "Run %s: scoring %s with model %s (image size %d, threshold %.3f, %d view(s) per "
+        "Run %s: scoring %s with model %s%s (image size %d, threshold %.3f, %d view(s) per "
         "image, Grad-CAM %s) on the %s; outputs in %s",
         config.run_id,
         " ".join(config.patterns),
         config.model_id,
+        f", an ensemble of {len(config.members)}" if len(config.members) > 1 else "",
         config.image_size,
         config.threshold,
         config.tta,

@@ -15,7 +15,7 @@ from typing import Any
 
 from model import storage
 from model.calibration import TEMPERATURE
-from model.constants import DEFAULT_IMAGE_SIZE, MAGNIFICATIONS
+from model.constants import DEFAULT_IMAGE_SIZE, DEFAULT_STAIN_JITTER, MAGNIFICATIONS
 from model.storage import DEFAULT_MAX_FILE_MB
 
 
@@ -44,10 +44,15 @@ class TrainConfig:
     )
     image_size: int = flag(DEFAULT_IMAGE_SIZE, "Model input side in pixels")
     batch_size: int = flag(32, "Batch size per replica (global batch = this x replicas)")
-    epochs: int = flag(10, "Phase 1 epochs (head only, VGG16 base frozen)")
+    epochs: int = flag(
+        10,
+        "Phase 1 epochs: the head only on a frozen VGG16 base; with --weights none, every layer",
+    )
     fine_tune_epochs: int = flag(10, "Phase 2 epochs (fine-tuning); 0 skips phase 2")
     fine_tune_from: str = flag(
-        "block4", "First VGG16 block unfrozen in phase 2 (block1..block5), or 'none'"
+        "block4",
+        "First VGG16 block unfrozen in phase 2 (block1..block5), or 'none' (no phase 2); with "
+        "--weights none phase 2 trains every layer, at --fine_tune_learning_rate",
     )
     learning_rate: float = flag(1e-3, "Phase 1 learning rate per replica (x replicas)")
     fine_tune_learning_rate: float = flag(1e-5, "Phase 2 learning rate per replica (x replicas)")
@@ -65,7 +70,12 @@ class TrainConfig:
         0.2, "Share of each class's images (by whole specimens) for test; ignored with --folds"
     )
     folds: int = flag(0, "K for K-fold cross-validation by specimen; 0 = a single split")
-    fold: int = flag(0, "Which fold is the test set (0..K-1)")
+    fold: int = flag(
+        0,
+        "Which fold is the test set (0..K-1), trained into --output_dir; without --fold, "
+        "--folds K trains every fold into <output_dir>/fold-<i>/, then aggregates them in "
+        "<output_dir>/cv/",
+    )
     seed: int = flag(42, "Seed of the split, initialisation, shuffling and augmentation")
     patience: int = flag(
         5, "Early-stopping patience in epochs (on validation AUC; best weights restored)"
@@ -79,6 +89,12 @@ class TrainConfig:
     mixed_precision: bool = flag(False, "Train in mixed float16 (GPUs)")
     cache: bool = flag(True, "Cache decoded images in memory across epochs", result=False)
     augment: bool = flag(True, "Augment training images (turns, flips, rotation, zoom, shift)")
+    stain_jitter: float = flag(
+        DEFAULT_STAIN_JITTER,
+        "HED stain jitter of training images (model/stain.py): each image's haematoxylin, eosin "
+        "and DAB concentrations scaled by U[1-S, 1+S] and shifted by U[-S, S]; 0 turns it off "
+        "(independent of --no_augment)",
+    )
     eval_tta: int = flag(
         1,
         "Test-time views (1, 2, 4 or 8 turns and mirrors, model/tta.py) whose mean logit gives "

@@ -32,6 +32,7 @@ from model.quality import QualityMeasures
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+SPLIT_FILE = "split.csv"  # an export's split: split_csv_text of every image used
 SPLIT_CSV_COLUMNS = ("image_path", "split", "label", "slide_id", "specimen", "magnification")
 
 

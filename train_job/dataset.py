@@ -5,9 +5,10 @@ Decoding and resizing call `model.preprocessing.load_image`, and normalisation c
 and scoring inputs are identical for the same file (tests/train_job/test_dataset.py proves it).
 
 Training batches are a pure function of (seed, epoch): each epoch's order comes from a shuffle
-seeded with both, and each image's augmentation from stateless random ops seeded with (seed,
-epoch, the image's index). A job resumed at epoch k therefore sees exactly the batches an
-uninterrupted job sees at epoch k.
+seeded with both, and each image's augmentation (the geometric views and the HED stain jitter
+of `model.stain`) from stateless random ops seeded with (seed, epoch, the image's index). A job
+resumed at epoch k therefore sees exactly the batches an uninterrupted job sees at epoch k.
+Validation and test images are never augmented.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ import tensorflow as tf
 
 from model import storage
 from model.preprocessing import load_image, normalize
+from model.stain import stain_jitter
 
 AUTOTUNE = tf.data.AUTOTUNE
 ROTATION = 0.05  # largest rotation either way, as a fraction of a full turn (18 degrees)
 ZOOM = 0.1  # largest zoom in or out, as a fraction of the image side
 SHIFT = 0.1  # largest shift along each axis, as a fraction of the image side
 _EPOCH_STRIDE = 1_000_003  # keeps the shuffle seeds of (seed, epoch) pairs apart
+# Folded into an image's seed for its stain jitter, so the geometric views keep the draws they
+# had before stain jitter existed (and --stain_jitter 0 gives the same batches as then).
+_STAIN_STREAM = 1
 
 
 def _load_resized(path: bytes, image_size: int, max_bytes: int) -> np.ndarray:
@@ -127,6 +132,11 @@ def element_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(pair, tf.cast(index, tf.int64))
 
 
+def stain_seed(element: tf.Tensor) -> tf.Tensor:
+    """The stain jitter's seed, derived from an image's augmentation seed (`element_seed`)."""
+    return tf.random.experimental.stateless_fold_in(element, _STAIN_STREAM)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingStream:
     """The training split decoded once, served as the batches of any range of epochs."""
@@ -138,6 +148,7 @@ class TrainingStream:
     seed: int
     augment: bool
     class_weights: dict[int, float] | None
+    stain_jitter: float = 0.0  # HED jitter strength (model.stain); 0: none
 
     def epochs(self, first: int, end: int) -> tf.data.Dataset:
         """The batches of epochs first .. end - 1, steps_per_epoch of them each.
@@ -170,8 +181,11 @@ class TrainingStream:
 
     def _prepare(self, image, label, index, epoch):
         image = tf.cast(image, tf.float32)
+        seed = element_seed(self.seed, epoch, index)
+        if self.stain_jitter:  # on the decoded pixels, before resampling blends neighbours
+            image = stain_jitter(image, self.stain_jitter, stain_seed(seed))
         if self.augment:
-            image = augment_image(image, element_seed(self.seed, epoch, index))
+            image = augment_image(image, seed)
         image = normalize(image)
         if not self.class_weights:
             return image, label
@@ -210,10 +224,13 @@ def training_stream(
     class_weights: dict[int, float] | None = None,
     steps_per_epoch: int | None = None,
     max_bytes: int = storage.DEFAULT_MAX_BYTES,
+    stain_jitter: float = 0.0,
 ) -> TrainingStream:
     """The training split as a TrainingStream; with class_weights, batches carry sample weights.
 
     The class weights are the explicit handling of BreakHis' 2.2:1 malignant/benign imbalance.
+    stain_jitter > 0 adds HED colour jitter of that strength (`model.stain`), with or without
+    the geometric augmentation.
     """
     examples = tf.data.Dataset.zip(
         (
@@ -235,6 +252,7 @@ def training_stream(
         seed=seed,
         augment=augment,
         class_weights=class_weights,
+        stain_jitter=float(stain_jitter),
     )
 
 

@@ -17,17 +17,18 @@ import tensorflow as tf
 
 from model import storage
 from model.constants import MODEL_CARD_FILE, MODEL_FILE, SAVED_MODEL_DIR
+from model.fold_predictions import TEST_PREDICTIONS_FILE
 from model.model_card import ModelCard
 from model.plots import EVALUATION_PLOTS, TRAINING_CURVES_PLOT
 from model.preprocessing import normalize
 from model.report_assets import REPORT_ASSETS_DIR
 from train_job.atomic import replace_file, temporary_prefix
 from train_job.checkpoint import CHECKPOINT_DIR
+from train_job.data import SPLIT_FILE
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
-SPLIT_FILE = "split.csv"
 HISTORY_FILE = "history.json"
 REPORT_FILE = "report.html"
 LOG_DIR = "logs"  # TensorBoard, one folder per phase
@@ -37,6 +38,7 @@ EXPORT_FILES: tuple[str, ...] = (
     MODEL_CARD_FILE,  # first, so a removal starts by marking the export incomplete
     MODEL_FILE,
     METRICS_FILE,
+    TEST_PREDICTIONS_FILE,
     SPLIT_FILE,
     HISTORY_FILE,
     REPORT_FILE,

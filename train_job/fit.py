@@ -1,8 +1,12 @@
 """Fit the classifier in two phases, checkpointed every epoch so a killed job resumes exactly.
 
-Phase 1 trains the head on a frozen VGG16 base; phase 2 fine-tunes from a conv block at a lower
-learning rate. A resumed job restores the model, optimizer and early-stopping state of the last
-finished epoch and runs every remaining epoch of both phases, on the same batches.
+With pretrained weights (ImageNet or a weights file), phase 1 trains the head on a frozen VGG16
+base and phase 2 fine-tunes from a conv block (--fine_tune_from) at a lower learning rate. From
+scratch (--weights none) a frozen random base would stay random, so every layer trains from the
+first epoch, and phase 2 continues the whole network at the lower learning rate (a step down of
+the rate; --fine_tune_from none or --fine_tune_epochs 0 still skip it). A resumed job restores
+the model, optimizer and early-stopping state of the last finished epoch and runs every
+remaining epoch of both phases, on the same batches.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from train_job.config import TrainConfig
 from train_job.dataset import TrainingStream
 from train_job.distribute import fit_input
 from train_job.distributed_fit import fit_method
+from train_job.launch_checks import VGG16_BLOCKS
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +47,46 @@ class Phase:
     learning_rate: float  # per replica
     first_epoch: int  # its first epoch's number across phases (seeds the data stream)
 
+    def trains(self) -> str:
+        """What the phase trains, in words (logs and the model card)."""
+        if self.first_block is None:
+            return "the head only (VGG16 base frozen)"
+        if self.first_block == VGG16_BLOCKS[0]:
+            return "every layer"
+        return f"the head and the VGG16 base from {self.first_block}"
+
+    def card_entry(self) -> dict:
+        """The phase as the model card's training_config records it."""
+        return {
+            "name": self.name,
+            "epochs": self.epochs,
+            "base_trainable_from": self.first_block,
+            "trains": self.trains(),
+            "learning_rate": self.learning_rate,
+        }
+
+
+def from_scratch(config: TrainConfig) -> bool:
+    """Whether the VGG16 base starts from random weights (--weights none)."""
+    return config.weights.strip().lower() == "none"
+
 
 def plan_phases(config: TrainConfig) -> list[Phase]:
-    """Phase 1, and phase 2 unless --fine_tune_epochs is 0 or --fine_tune_from none."""
-    phases = [Phase("phase1", config.epochs, None, config.learning_rate, 0)]
+    """Phase 1, and phase 2 unless --fine_tune_epochs is 0 or --fine_tune_from none.
+
+    From scratch both phases train every layer; otherwise phase 1 trains only the head.
+    """
+    whole_base = VGG16_BLOCKS[0]
+    scratch = from_scratch(config)
+    phases = [
+        Phase("phase1", config.epochs, whole_base if scratch else None, config.learning_rate, 0)
+    ]
     if config.fine_tune_epochs > 0 and config.fine_tune_from.lower() != "none":
         phases.append(
             Phase(
                 "phase2",
                 config.fine_tune_epochs,
-                config.fine_tune_from.lower(),
+                whole_base if scratch else config.fine_tune_from.lower(),
                 config.fine_tune_learning_rate,
                 config.epochs,
             )
@@ -79,6 +114,15 @@ def fit_phases(
 ) -> FitResult:
     """Run the phases that are not finished, from the last checkpoint if there is one."""
     phases = plan_phases(config)
+    if from_scratch(config):
+        logger.info(
+            "--weights none: training from scratch, so every layer (the whole VGG16 base and the "
+            "head) trains from the first epoch; %s",
+            "phase 2 continues every layer at --fine_tune_learning_rate (--fine_tune_from "
+            "names no block here)"
+            if len(phases) > 1
+            else "no phase 2",
+        )
     state = checkpoints.load()
     names = [phase.name for phase in phases] + [DONE]
     start = names.index(state.phase) if state else 0
@@ -134,8 +178,7 @@ class _PhaseTrainer:
             assign_values(model.optimizer.variables, resumed.optimizer_variables, "optimizer")
         early_stopping = _early_stopping(self.config.patience, resumed)
         logger.info(
-            "%s: epochs %d-%d of %d, learning rate %.2g (%.2g x %d replicas), base trainable "
-            "from %s",
+            "%s: epochs %d-%d of %d, learning rate %.2g (%.2g x %d replicas), training %s",
             phase.name,
             done + 1,
             phase.epochs,
@@ -143,7 +186,7 @@ class _PhaseTrainer:
             phase.learning_rate * replicas,
             phase.learning_rate,
             replicas,
-            phase.first_block or "nowhere",
+            phase.trains(),
         )
         if not early_stopping.stopped and done < phase.epochs:
             fit_method(self.strategy, model)(

@@ -10,7 +10,13 @@ import os
 
 from model import storage
 from model.calibration import CALIBRATION_METHODS
-from model.constants import MAGNIFICATIONS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TTA_CHOICES
+from model.constants import (
+    MAGNIFICATIONS,
+    MAX_IMAGE_SIZE,
+    MAX_STAIN_JITTER,
+    MIN_IMAGE_SIZE,
+    TTA_CHOICES,
+)
 from model.naming import parse_breakhis_name
 from train_job.config import TrainConfig
 
@@ -51,6 +57,8 @@ def _flag_problems(c: TrainConfig):
             yield f"--{name} must be above 0, got {getattr(c, name)}"
     if not 0 <= c.dropout < 1:
         yield f"--dropout must be in [0, 1), got {c.dropout}"
+    if not 0 <= c.stain_jitter < MAX_STAIN_JITTER:  # also refuses NaN
+        yield f"--stain_jitter must be in [0, {MAX_STAIN_JITTER:g}), got {c.stain_jitter}"
     if c.eval_tta not in TTA_CHOICES:
         yield f"--eval_tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {c.eval_tta}"
     if c.steps_per_epoch is not None:

@@ -1,5 +1,9 @@
 """Train the BreakHis VGG16 classifier and export it: `python train_job/main.py --help`.
 
+With --folds K and no --fold, trains every fold in turn into <output_dir>/fold-<i>/ and then
+aggregates them into <output_dir>/cv/ (train_job/cross_validation.py); with --fold I, one fold
+into --output_dir itself.
+
 Exit codes: 0 when the export is written (or was already complete with these flags), 2 when a
 flag, a location, the data or an earlier run in --output_dir stops the job before training
 (one `error:` line on stderr), 1 for anything unexpected.
@@ -8,6 +12,7 @@ flag, a location, the data or an earlier run in --output_dir stops the job befor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -45,8 +50,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="Debug logging and TensorFlow's own messages"
     )
+    # An omitted --fold means every fold (with --folds), so the command line tells it apart
+    # from --fold 0; TrainConfig keeps 0 for a single split and for train() callers.
+    parser.set_defaults(fold=None)
     args = parser.parse_args(argv)
-    return config_from_args(args), args
+    config = config_from_args(args)
+    return dataclasses.replace(config, fold=0 if args.fold is None else args.fold), args
+
+
+def cross_validation_requested(config: TrainConfig, args: argparse.Namespace) -> bool:
+    """--folds K without --fold: train every fold, then aggregate them."""
+    return bool(config.folds) and args.fold is None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    all_folds = cross_validation_requested(config, args)
     try:
         check_launch(normalized(config))  # before TensorFlow's seconds-long import
     except LaunchError as error:
@@ -65,10 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     load_tensorflow()
     from model.architecture import WeightsUnavailableError
+    from train_job.cross_validation import cross_validate
     from train_job.data import DataError
     from train_job.train import train
 
     try:
+        if all_folds:
+            outcome = cross_validate(config, restart=args.restart)
+            logger.info("Cross-validation aggregate in %s", outcome.cv_dir)
+            return 0
         result = train(config, restart=args.restart)
     except (LaunchError, DataError, WeightsUnavailableError) as error:
         return _launch_error(error)

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from model.calibration import TemperatureFit
 from model.constants import CALIBRATED_LOGIT_LAYER
+from model.fold_predictions import TEST_PREDICTIONS_FILE, prediction_rows, predictions_csv_text
 from model.labels import label_name
 from model.model_card import ModelCard
 from model.naming import printable_path
@@ -31,6 +32,7 @@ from train_job.export import (
     write_card,
     write_model_files,
 )
+from train_job.fit import from_scratch, plan_phases
 from train_job.input_quality import quality_report
 from train_job.report import write_training_report
 
@@ -60,11 +62,14 @@ class TrainingOutcome:
 def write_outputs(
     config: TrainConfig, work_dir: str, model: keras.Model, outcome: TrainingOutcome
 ) -> ModelCard:
-    """Model files, split, metrics, plots, history and report, then (only if all succeeded) the
-    card, into a local folder; returns the card."""
+    """Model files, split, metrics, test predictions, plots, history and report, then (only if
+    all succeeded) the card, into a local folder; returns the card."""
     write_model_files(model, config.image_size, work_dir)
     _write_file(work_dir, SPLIT_FILE, data.split_csv_text(outcome.rows).encode("utf-8"))
     _write_file(work_dir, METRICS_FILE, report_json(outcome.report).encode("utf-8"))
+    # The test split's scores, so cross-validation can pool folds without loading a model.
+    test_rows = prediction_rows(outcome.by_split["test"], outcome.test_p, outcome.threshold)
+    _write_file(work_dir, TEST_PREDICTIONS_FILE, predictions_csv_text(test_rows).encode("utf-8"))
     plots = plot_files(outcome.by_split["test"], outcome.test_p, outcome.report)
     plots[TRAINING_CURVES_PLOT] = training_curves_png(outcome.history)
     for name, png in plots.items():
@@ -122,6 +127,8 @@ def model_card(config: TrainConfig, outcome: TrainingOutcome) -> ModelCard:
             "effective_learning_rate": config.learning_rate * outcome.replicas,
             "effective_fine_tune_learning_rate": config.fine_tune_learning_rate * outcome.replicas,
             "class_weights": {label_name(k): v for k, v in outcome.class_weights.items()},
+            "from_scratch": from_scratch(config),
+            "phases": [phase.card_entry() for phase in plan_phases(config)],
         },
         data_summary={
             "data_dir": printable_path(config.data_dir),

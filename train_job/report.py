@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -56,6 +56,43 @@ def patient_table_rows(
     ]
 
 
+class GalleryPicture(NamedTuple):
+    """One gallery image: PNG bytes of the downsized original and its overlay, and the map's
+    numbers."""
+
+    original_png: bytes
+    overlay_png: bytes
+    p_std: float
+    heatmap_peak: float
+
+
+def gallery_pictures(
+    model: keras.Model,
+    prepared: Sequence[tuple[np.ndarray, np.ndarray]],
+    logit_layer: str,
+    tta: int,
+    heatmap_scale: float | None,
+) -> list[GalleryPicture]:
+    """The gallery pictures of `prepare_image` results: Grad-CAM of the model's `logit_layer`
+    (the malignant evidence) over `tta` views, drawn on `heatmap_scale` as the scorer draws it."""
+    if not prepared:
+        return []
+    batch = np.stack([model_input for model_input, _ in prepared])
+    grad_model = gradcam_model(model, logit_layer=logit_layer)
+    results = [predict_with_gradcam(grad_model, chunk, tta) for chunk in pass_chunks([batch], tta)]
+    heatmaps = np.concatenate([result.heatmaps for result in results])
+    spreads = np.concatenate([result.p_std for result in results])
+    pictures = []
+    for (_, original), heatmap, spread in zip(prepared, heatmaps, spreads, strict=True):
+        original_png, overlay_png = gallery_pair(original, scale_heatmap(heatmap, heatmap_scale))
+        pictures.append(
+            GalleryPicture(
+                original_png, overlay_png, float(spread), float(heatmap.max(initial=0.0))
+            )
+        )
+    return pictures
+
+
 def write_training_report(
     work_dir: str,
     model: keras.Model,
@@ -83,27 +120,18 @@ def write_training_report(
     chosen = [(category, row) for category, picks in selected.items() for row in picks]
     gallery: list[GalleryItem] = []
     if chosen:
-        prepared = [
+        images = [
             prepare_image(storage.read_bytes(row["image_path"], max_bytes=max_bytes), image_size)
             for _, row in chosen
         ]
-        batch = np.stack([model_input for model_input, _ in prepared])
-        originals = [original for _, original in prepared]
-        grad_model = gradcam_model(model, logit_layer=logit_layer)
-        results = [
-            predict_with_gradcam(grad_model, chunk, tta) for chunk in pass_chunks([batch], tta)
-        ]
-        heatmaps = np.concatenate([result.heatmaps for result in results])
-        spreads = np.concatenate([result.p_std for result in results])
+        pictures = gallery_pictures(model, images, logit_layer, tta, heatmap_scale)
         os.makedirs(os.path.join(work_dir, REPORT_ASSETS_DIR), exist_ok=True)
-        for index, ((category, row), original, heatmap, spread) in enumerate(
-            zip(chosen, originals, heatmaps, spreads, strict=True)
-        ):
-            original_png, overlay_png = gallery_pair(
-                original, scale_heatmap(heatmap, heatmap_scale)
-            )
+        for index, ((category, row), picture) in enumerate(zip(chosen, pictures, strict=True)):
             stem = f"{REPORT_ASSETS_DIR}/{index:03d}"
-            for suffix, data in (("original", original_png), ("overlay", overlay_png)):
+            for suffix, data in (
+                ("original", picture.original_png),
+                ("overlay", picture.overlay_png),
+            ):
                 with open(os.path.join(work_dir, f"{stem}_{suffix}.png"), "wb") as handle:
                     handle.write(data)
             gallery.append(
@@ -115,8 +143,8 @@ def write_training_report(
                     predicted_label=row["predicted_label"],
                     true_label=row["true_label"],
                     category=category,
-                    p_std=float(spread) if tta > 1 else None,
-                    heatmap_peak=float(heatmap.max(initial=0.0)),
+                    p_std=picture.p_std if tta > 1 else None,
+                    heatmap_peak=picture.heatmap_peak,
                 )
             )
     errors = [

@@ -40,6 +40,21 @@ def prepare_output(
     if restart and checkpoints.writer:
         deleted = delete_export(output_dir)
         logger.info("--restart: deleted %d files of an earlier run in %s", deleted, output_dir)
+    card = check_earlier_run(config, checkpoints, replicas)
+    if card is None and checkpoints.recorded_run() is not None:
+        logger.info("Checkpoints in %s were made with these flags", checkpoints.location)
+    return card
+
+
+def check_earlier_run(
+    config: TrainConfig, checkpoints: Checkpoints, replicas: int | None = None
+) -> ModelCard | None:
+    """The card of a complete export in config.output_dir made with these flags, else None.
+
+    Raises LaunchError when the folder holds a complete export, or checkpoints, made with other
+    result-changing flags (or, unless replicas is None, on another number of replicas).
+    """
+    output_dir = config.output_dir
     card = _existing_card(output_dir)
     if card is not None:
         differing = differing_settings(card.training_config, config)
@@ -52,7 +67,7 @@ def prepare_output(
     recorded = checkpoints.recorded_run()
     if recorded is not None:
         differing = differing_settings(recorded.get("settings", {}), config)
-        if recorded.get("replicas") != replicas:
+        if replicas is not None and recorded.get("replicas") != replicas:
             differing.append(
                 f"replicas {recorded.get('replicas')} -> {replicas} (global batch and learning "
                 "rate)"
@@ -63,7 +78,6 @@ def prepare_output(
                 f"settings ({'; '.join(differing)}); rerun with its flags to resume it, or "
                 f"{START_OVER}"
             )
-        logger.info("Checkpoints in %s were made with these flags", checkpoints.location)
     return None
 
 

@@ -314,6 +314,7 @@ def _inputs(config, by_split, global_batch, class_weights):
         class_weights=class_weights,
         steps_per_epoch=config.steps_per_epoch,
         max_bytes=max_bytes,
+        stain_jitter=config.stain_jitter,
     )
     evaluation = {
         split: evaluation_dataset(

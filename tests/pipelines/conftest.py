@@ -196,3 +196,57 @@ def in_memory_run(tmp_path_factory, scoring_inputs, tiny_export) -> ScoringRun:
         ]
     )
     return ScoringRun(output_dir, result)
+
+
+# Three members of different weights, thresholds and heatmap scales, for the ensemble tests.
+ENSEMBLE_THRESHOLDS = (0.35, 0.5, 0.6)
+ENSEMBLE_HEATMAP_SCALES = (0.02, 0.05, 0.1)
+
+
+def write_member_export(
+    export_dir: pathlib.Path,
+    seed: int,
+    model_id: str,
+    inputs: np.ndarray,
+    image_size: int = IMAGE_SIZE,
+    **card_fields,
+) -> str:
+    """A tiny export of random weights (seeded) with spread scores; returns its folder."""
+    import keras
+
+    from model.architecture import build_classifier
+    from model.model_card import ModelCard
+    from train_job.export import write_export
+
+    keras.utils.set_random_seed(seed)
+    model = build_classifier(image_size, weights="none", dense_units=16)
+    if image_size == IMAGE_SIZE:
+        spread_logits(model, inputs)
+    card = ModelCard(model_id=model_id, image_size=image_size, **card_fields)
+    write_export(model, card, str(export_dir))
+    return str(export_dir)
+
+
+@pytest.fixture(scope="session")
+def ensemble_cv_folder(tmp_path_factory, scoring_inputs) -> pathlib.Path:
+    """A cross-validation output folder: fold-0..2 (complete exports of different weights,
+    thresholds and heatmap scales, cards saying --folds 3) and cv/."""
+    from model.constants import CV_DIR, fold_dir_name
+
+    root = tmp_path_factory.mktemp("cv_run")
+    inputs = load_inputs(scoring_inputs.labelled)
+    for fold, (threshold, scale) in enumerate(
+        zip(ENSEMBLE_THRESHOLDS, ENSEMBLE_HEATMAP_SCALES, strict=True)
+    ):
+        write_member_export(
+            root / fold_dir_name(fold),
+            seed=10 + fold,
+            model_id=f"fold-model-{fold}",
+            inputs=inputs,
+            threshold=threshold,
+            heatmap_scale=scale,
+            training_config={"folds": 3, "fold": fold},
+        )
+    (root / CV_DIR).mkdir()
+    (root / CV_DIR / "cv_metrics.json").write_text("{}\n")
+    return root

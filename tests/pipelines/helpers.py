@@ -1,11 +1,16 @@
-"""Reading a scoring run's outputs back, and recomputing its metrics with scikit-learn."""
+"""Reading a scoring run's outputs back, recomputing its metrics with scikit-learn, and measuring
+a command's peak memory."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
+import tempfile
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -115,6 +120,34 @@ def distinct_bins(p: Sequence[float]) -> bool:
     return len(set(bins.tolist())) == len(scores)
 
 
+# Runs the command given after the result file and writes the command's peak RSS there. A
+# process's peak RSS counts the address space it was forked from (Linux records the old memory
+# map's high-water mark at exec), so a child forked straight from pytest, itself gigabytes by
+# then, would report pytest's size; forked from this small process it reports its own.
+# wait4 covers the command and every descendant it waited for (the Beam worker processes).
+PEAK_RSS_PROBE = """
+import os, sys
+result_file, command = sys.argv[1], sys.argv[2:]
+pid = os.posix_spawn(command[0], command, os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(result_file, "w") as handle:
+    handle.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_with_peak_rss(command: Sequence[str], **popen_args: Any) -> tuple[int, float]:
+    """Run a command through PEAK_RSS_PROBE: (its exit code, its peak RSS in MiB, the largest of
+    it and the descendants it waited for). Keyword arguments go to subprocess.run."""
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = os.path.join(scratch, "peak_rss_kb")
+        completed = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS_PROBE, peak_file, *command], check=False, **popen_args
+        )
+        with open(peak_file) as handle:
+            return completed.returncode, int(handle.read()) / 1024
+
+
 def write_large_png(path: str, width: int, height: int) -> None:
     """An RGB PNG of width x height written row by row, never holding the image in memory.
 
@@ -167,10 +200,12 @@ def assert_review_queue(output_dir: str, limit: int) -> dict[str, Any]:
     candidates = []
     for row in prediction_rows(output_dir):
         p, p_std = float(row["p_malignant"]), float(row["p_std"])
+        # Empty for one model: then only the views' spread counts.
+        member_std = float(row["member_std"]) if row["member_std"] else None
         call = calls.get(row["patient_id"], "")
         found = {
             "patient_disagreement": bool(call) and row["predicted_label"] != call,
-            "uncertain": p_std > abs(p - threshold),
+            "uncertain": max(p_std, member_std or 0.0) > abs(p - threshold),
             "near_threshold": low <= p <= high,
         }
         flags = [flag for flag in row["qc_flags"].split(";") if flag]
@@ -178,7 +213,7 @@ def assert_review_queue(output_dir: str, limit: int) -> dict[str, Any]:
         fields = {name: row[name] for name in ReviewCandidate._fields if name in row}
         candidates.append(
             ReviewCandidate(
-                **{**fields, "p_malignant": p, "p_std": p_std},
+                **{**fields, "p_malignant": p, "p_std": p_std, "member_std": member_std},
                 reasons=reasons,
                 patient_call=call,
             )

@@ -16,7 +16,12 @@ from PIL import Image
 
 from model.preprocessing import OVERLAY_MAX_SIDE
 from tests.conftest import REPO_ROOT
-from tests.pipelines.helpers import prediction_rows, read_json, write_large_png
+from tests.pipelines.helpers import (
+    prediction_rows,
+    read_json,
+    run_with_peak_rss,
+    write_large_png,
+)
 
 HUGE_SIDE = 12000  # 144 million pixels: 432 MB decoded, under the decoder's pixel limit
 # Measured 1.56 GB peak RSS for this run with Grad-CAM (1.41 GB without, 0.95 GB for 16 small
@@ -41,44 +46,17 @@ class LauncherRun:
     output_dir: pathlib.Path
 
 
-# Runs the command given after the result file and writes the command's peak RSS there. A
-# process's peak RSS counts the address space it was forked from (Linux records the old memory
-# map's high-water mark at exec), so a child forked straight from pytest, itself gigabytes by
-# then, would report pytest's size; forked from this small process it reports its own.
-# wait4 covers the command and every descendant it waited for (the Beam worker processes).
-_PEAK_RSS_PROBE = """
-import os, sys
-result_file, command = sys.argv[1], sys.argv[2:]
-pid = os.posix_spawn(command[0], command, os.environ)
-_, status, usage = os.wait4(pid, 0)
-with open(result_file, "w") as handle:
-    handle.write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
 def run_launcher(argv: list[str], log_path: pathlib.Path, env: dict | None = None) -> LauncherRun:
     """Run the scorer's command line in a child process and measure that child's peak RSS."""
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     environment.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell: the launcher decides
-    peak_file = log_path.with_suffix(".peak_rss_kb")
     command = [sys.executable, "-m", "pipelines.score", *argv]
     with open(log_path, "w") as log:
-        completed = subprocess.run(
-            [sys.executable, "-c", _PEAK_RSS_PROBE, str(peak_file), *command],
-            cwd=REPO_ROOT,
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            check=False,
+        returncode, peak_rss_mb = run_with_peak_rss(
+            command, cwd=REPO_ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=log
         )
     output_dir = pathlib.Path(argv[argv.index("--output_dir") + 1])
-    return LauncherRun(
-        completed.returncode,
-        int(peak_file.read_text()) / 1024,
-        log_path.read_text(),
-        output_dir,
-    )
+    return LauncherRun(returncode, peak_rss_mb, log_path.read_text(), output_dir)
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +153,14 @@ def test_a_launch_error_is_one_line_on_stderr_and_exit_code_2(
     assert result.stderr == (
         f"error: --model_dir {export}: model card has threshold None (need a number in [0, 1])\n"
     )
+
+
+def test_peak_rss_is_the_commands_own_not_the_measuring_process():
+    # A gigabyte held here would be reported as the child's own peak had pytest forked the
+    # child itself; through the probe, an idle interpreter reports tens of megabytes.
+    ballast = bytearray(2**30)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: resident
+    returncode, peak_mb = run_with_peak_rss([sys.executable, "-c", "pass"])
+    assert returncode == 0
+    assert peak_mb < 200, f"{peak_mb:.0f} MB: the probe counted the measuring process"
+    del ballast

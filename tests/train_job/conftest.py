@@ -25,3 +25,36 @@ def no_decoding(monkeypatch):
 
     monkeypatch.setattr("train_job.data.measure_image", refuse)
     monkeypatch.setattr("train_job.dataset.load_image", refuse)
+
+
+CV_FOLDS = 3
+
+
+def cv_argv(data_dir, output_dir, **overrides) -> list[str]:
+    """The one cross-validation command of the tests: 3 folds, one epoch in each phase."""
+    values = {
+        "data_dir": str(data_dir),
+        "output_dir": str(output_dir),
+        "folds": str(CV_FOLDS),
+        "image_size": "32",
+        "weights": "none",
+        "batch_size": "8",
+        "dense_units": "16",
+        "epochs": "1",
+        "fine_tune_epochs": "1",
+        "fine_tune_from": "block5",
+        "val_fraction": "0.2",
+        "seed": "1",
+    }
+    values.update({name: str(value) for name, value in overrides.items()})
+    return [item for name, value in values.items() for item in (f"--{name}", value)]
+
+
+@pytest.fixture(scope="session")
+def cv_run(synthetic_data_dir, tmp_path_factory):
+    """One finished cross-validation by the one command (read-only for the tests): its folder."""
+    from train_job import main as train_main
+
+    output_dir = tmp_path_factory.mktemp("cv")
+    assert train_main.main(cv_argv(synthetic_data_dir, output_dir)) == 0
+    return output_dir

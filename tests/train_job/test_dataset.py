@@ -139,3 +139,56 @@ def test_the_evaluation_cache_is_filled_whole_when_the_dataset_is_made(image_pat
     for _ in range(2):
         assert sum(int(images.shape[0]) for images, _ in evaluation) == len(image_paths)
     assert len(decoded) == len(image_paths)  # read from the cache ever after
+
+
+def test_stain_jitter_depends_only_on_seed_epoch_and_image(image_paths):
+    # Colour alone (no geometry), so the jittered images compare pixel for pixel with the plain.
+    def stream(seed, strength=0.1, cache=True):
+        return _stream(image_paths, seed=seed, augment=False, stain_jitter=strength, cache=cache)
+
+    plain = _batches(stream(5, strength=0.0).epochs(0, 3))
+    straight = _batches(stream(5).epochs(0, 3))
+    resumed = _batches(stream(5, cache=False).epochs(2, 3))
+    np.testing.assert_array_equal(resumed[0], straight[2])  # a resumed epoch: the same colours
+    for jittered, original in zip(straight, plain, strict=True):
+        assert all(not np.allclose(j, o, atol=1.0) for j, o in zip(jittered, original, strict=True))
+    # Another epoch or another seed: other colours for the same image at the same place.
+    epoch_1_again = _batches(stream(5).epochs(1, 2))[0]
+    np.testing.assert_array_equal(epoch_1_again, straight[1])
+    other_seed = _batches(stream(6).epochs(0, 1))[0]
+    other_seed_plain = _batches(stream(6, strength=0.0).epochs(0, 1))[0]
+    same_image = [np.argmin([np.abs(o - p).sum() for p in plain[0]]) for o in other_seed_plain]
+    assert all(
+        not np.allclose(other_seed[i], straight[0][j], atol=1.0) for i, j in enumerate(same_image)
+    )
+
+
+def test_stain_jitter_is_the_model_stain_function_at_the_images_seed(image_paths):
+    # Pins the seeding: an image's colours come from model.stain at (seed, epoch, its index).
+    import tensorflow as tf
+
+    from model.preprocessing import load_image, normalize
+    from model.stain import stain_jitter
+    from train_job.dataset import element_seed, stain_seed
+
+    labels = [0, 1] * 3
+    stream = training_stream(image_paths, labels, 32, 6, seed=3, augment=False, stain_jitter=0.2)
+    batch = _batches(stream.epochs(4, 5))[0]
+    expected = []
+    for index, path in enumerate(image_paths):
+        image = tf.constant(load_image(open(path, "rb").read(), 32), tf.float32)
+        jittered = stain_jitter(image, 0.2, stain_seed(element_seed(3, 4, index)))
+        expected.append(normalize(jittered).numpy())
+    matched = [min(range(6), key=lambda i: np.abs(got - expected[i]).max()) for got in batch]
+    assert sorted(matched) == list(range(6))
+    for got, index in zip(batch, matched, strict=True):
+        np.testing.assert_allclose(got, expected[index], atol=1e-3)
+
+
+def test_stain_jitter_joins_the_geometric_views_and_leaves_evaluation_alone(image_paths):
+    geometric = _batches(_stream(image_paths, seed=5).epochs(0, 1))[0]
+    both = _batches(_stream(image_paths, seed=5, stain_jitter=0.1).epochs(0, 1))[0]
+    assert all(not np.allclose(a, b, atol=1.0) for a, b in zip(both, geometric, strict=True))
+    evaluation = next(iter(evaluation_dataset(image_paths, [0, 1] * 3, 32, 6)))[0].numpy()
+    expected = np.stack([preprocess_image(open(p, "rb").read(), 32) for p in image_paths])
+    np.testing.assert_array_equal(evaluation, expected)

@@ -98,6 +98,18 @@ def test_a_resume_with_other_test_time_views_is_refused(killed_run, capsys, no_d
     assert _state_unchanged(config, state)
 
 
+def test_a_resume_with_another_stain_jitter_is_refused(killed_run, capsys, no_decoding):
+    # The jitter changes every training batch; --stain_jitter 0 turns it off, also a change.
+    config, state = killed_run
+    for strength, shown in ((0.1, "0.1"), (0.0, "0.0")):
+        code = train_main.main(cli_argv(dataclasses.replace(config, stain_jitter=strength)))
+        stderr = capsys.readouterr().err
+        assert code == 2 and stderr.count("\n") == 1
+        assert f"--stain_jitter {config.stain_jitter} -> {shown}" in stderr
+        assert "holds checkpoints" in stderr and "--restart" in stderr
+    assert _state_unchanged(config, state)
+
+
 def test_a_resume_on_changed_data_is_refused(killed_run, capsys):
     config, state = killed_run
     folder = _a_folder_with_images(config.data_dir)

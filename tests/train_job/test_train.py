@@ -21,8 +21,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 # The shared run (conftest `trained`): phase 1 may stop early (patience 1), so the resume tests,
-# which compare against it, cover the early-stopping state too.
-SHARED_RUN = {"epochs": 3, "fine_tune_epochs": 2, "patience": 1}
+# which compare against it, cover the early-stopping state too. (4 epochs: since --weights none
+# trains every layer in phase 1, its validation AUC first falls at epoch 3.)
+SHARED_RUN = {"epochs": 4, "fine_tune_epochs": 2, "patience": 1}
 
 
 def tiny_config(data_dir, output_dir, **overrides) -> TrainConfig:
@@ -152,6 +153,8 @@ print("RESULT", json.dumps({{"replicas": result.replicas}}))
     assert card.training_config["replicas"] == 2
     assert card.training_config["global_batch_size"] == 16
     assert card.training_config["effective_learning_rate"] == pytest.approx(2e-3)
+    # The stain jitter (on by default) ran in the distributed input, every layer trained.
+    assert card.training_config["stain_jitter"] > 0 and card.training_config["from_scratch"]
 
 
 def test_training_report_shows_the_test_metrics_and_a_gallery(trained):
