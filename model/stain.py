@@ -52,8 +52,10 @@ def stain_matrix() -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-_STAINS_FROM_OD = tf.constant(np.linalg.inv(stain_matrix()), tf.float32)
-_OD_FROM_STAINS = tf.constant(stain_matrix(), tf.float32)
+# NumPy, not tf.constant: a tensor made at import would start TensorFlow's eager context, and a
+# multi-worker strategy must configure collective ops before that (train_job.distribute).
+_STAINS_FROM_OD = np.linalg.inv(stain_matrix()).astype(np.float32)
+_OD_FROM_STAINS = stain_matrix().astype(np.float32)
 
 
 def optical_density(rgb: tf.Tensor) -> tf.Tensor:
@@ -66,7 +68,7 @@ def rgb_from_optical_density(od: tf.Tensor) -> tf.Tensor:
     return _LIGHT * tf.exp(od * -_LN10) - 1.0
 
 
-def _times(values: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
+def _times(values: tf.Tensor, matrix: np.ndarray) -> tf.Tensor:
     """values (any shape, last axis 3) @ matrix, as one 2-D matmul (a batched matvec over every
     pixel is several times slower)."""
     return tf.reshape(tf.matmul(tf.reshape(values, [-1, 3]), matrix), tf.shape(values))

@@ -4,10 +4,14 @@ that spans several workers."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
 
+from tests.conftest import REPO_ROOT
 from train_job.distribute import (
     choose_strategy,
     fit_input,
@@ -163,3 +167,25 @@ def test_the_loop_trains_what_keras_fit_trains():
     for loop_value, fit_value in zip(loop_weights, fit_weights, strict=True):
         np.testing.assert_allclose(loop_value, fit_value, rtol=1e-5, atol=1e-6)
     assert [epoch for epoch, _ in loop_logs] == [epoch for epoch, _ in fit_logs] == [1, 2]
+
+
+def test_importing_the_jobs_modules_creates_no_tensor():
+    # MultiWorkerMirroredStrategy configures collective ops, which TensorFlow allows only before
+    # its eager context starts; a tensor made at import time (e.g. a module-level tf.constant)
+    # starts it, and every multi-worker run then fails at "Collective ops must be configured at
+    # program startup". Checked in a fresh interpreter: this one has long started TensorFlow.
+    code = (
+        "import train_job.main, train_job.train, train_job.cross_validation, train_job.cv_report\n"
+        "import model.stain, model.gradcam, model.tta, model.calibration\n"
+        "from tensorflow.python.eager import context\n"
+        "print(context.context()._initialized)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert completed.stdout.strip().splitlines()[-1] == "False"
