@@ -25,7 +25,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -165,17 +165,9 @@ class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedSc
     ) -> Iterable[PredictionResult]:
         """Score a batch: one forward pass (under a gradient tape with Grad-CAM) per chunk of
         images whose views fit in --batch_size, each image's views in the same pass."""
-        from model.tta import images_per_pass
-
-        step = images_per_pass(self._batch_size, self._tta)
-        scores: list[ImageScore] = []
-        for start in range(0, len(batch), step):
-            images = np.stack([item.model_input for item in batch[start : start + step]])
-            scores += self._score(images, model)
-        return [
-            PredictionResult(item, score, model.model_id)
-            for item, score in zip(batch, scores, strict=True)
-        ]
+        return _scored_in_passes(
+            batch, model.model_id, self._batch_size, self._tta, lambda x: self._score(x, model)
+        )
 
     def _score(self, images: np.ndarray, model: LoadedScorer) -> list[ImageScore]:
         """The scores of one forward pass over every view of images."""
@@ -271,17 +263,9 @@ class EnsembleModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedE
     ) -> Iterable[PredictionResult]:
         """Score a batch: per chunk of images whose views fit in --batch_size, one pass per
         member (under a gradient tape with Grad-CAM), then the members' answers combined."""
-        from model.tta import images_per_pass
-
-        step = images_per_pass(self._batch_size, self._tta)
-        scores: list[ImageScore] = []
-        for start in range(0, len(batch), step):
-            images = np.stack([item.model_input for item in batch[start : start + step]])
-            scores += self._score(images, model)
-        return [
-            PredictionResult(item, score, model.model_id)
-            for item, score in zip(batch, scores, strict=True)
-        ]
+        return _scored_in_passes(
+            batch, model.model_id, self._batch_size, self._tta, lambda x: self._score(x, model)
+        )
 
     def _score(self, images: np.ndarray, model: LoadedEnsemble) -> list[ImageScore]:
         """The ensemble's scores of images: each member's pass, combined."""
@@ -327,6 +311,26 @@ class EnsembleModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedE
     def get_metrics_namespace(self) -> str:
         """Namespace of RunInference's own metrics (load latency, inference counts)."""
         return METRICS_NAMESPACE
+
+
+def _scored_in_passes(
+    batch: Sequence[PreparedImage],
+    model_id: str,
+    batch_size: int,
+    tta: int,
+    score: Callable[[np.ndarray], list[ImageScore]],
+) -> list[PredictionResult]:
+    """The batch's results, `score` called once per chunk of images whose views fit in
+    batch_size (`model.tta.images_per_pass`), so a pass's memory does not grow with tta."""
+    from model.tta import images_per_pass
+
+    step = images_per_pass(batch_size, tta)
+    scores: list[ImageScore] = []
+    for start in range(0, len(batch), step):
+        scores += score(np.stack([item.model_input for item in batch[start : start + step]]))
+    return [
+        PredictionResult(item, result, model_id) for item, result in zip(batch, scores, strict=True)
+    ]
 
 
 def _array_bytes(batch: Sequence[PreparedImage]) -> int:
