@@ -65,6 +65,6 @@ def test_the_script_runs_the_readme_recipe_with_extra_training_flags(monkeypatch
     )
     assert cv_table.main(["--output_dir", str(tmp_path), "--stain_jitter", "0"]) == 3
     command = " ".join(seen[0][2:])
-    assert "--folds 5 --weights none --epochs 8 --fine_tune_from block1" in command
-    assert "--fine_tune_epochs 12 --fine_tune_learning_rate 1e-4 --patience 5" in command
+    assert "--folds 5 --weights none --learning_rate 1e-4 --epochs 8" in command
+    assert "--fine_tune_epochs 4 --fine_tune_learning_rate 1e-5 --patience 4" in command
     assert command.endswith("--stain_jitter 0")
