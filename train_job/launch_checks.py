@@ -53,7 +53,7 @@ def _flag_problems(c: TrainConfig):
     yield _at_least("patience", c.patience, 1)
     yield _at_least("dense_units", c.dense_units, 1)
     for name in ("learning_rate", "fine_tune_learning_rate"):
-        if not getattr(c, name) > 0:
+        if getattr(c, name) is not None and not getattr(c, name) > 0:  # None: the default
             yield f"--{name} must be above 0, got {getattr(c, name)}"
     if not 0 <= c.dropout < 1:
         yield f"--dropout must be in [0, 1), got {c.dropout}"

@@ -9,6 +9,8 @@ import sys
 from tests.train_job.test_train import REPO_ROOT
 from train_job import main as train_main
 from train_job.config import (
+    FROM_SCRATCH_LEARNING_RATE,
+    PRETRAINED_LEARNING_RATE,
     RESULT_FLAGS,
     TrainConfig,
     differing_settings,
@@ -77,3 +79,18 @@ def test_the_same_settings_written_differently_compare_equal(tmp_path, monkeypat
     written = TrainConfig("data", "out", magnifications=("100X", "40X", "40X"), weights="ImageNet")
     plain = TrainConfig(str(tmp_path / "data"), "out", magnifications=("40X", "100X"))
     assert result_settings(normalized(written)) == result_settings(normalized(plain))
+
+
+def test_an_unset_learning_rate_is_lower_from_scratch_and_a_given_one_is_kept(tmp_path):
+    def phase1_rate(**flags) -> float:
+        return normalized(TrainConfig(str(tmp_path), str(tmp_path / "o"), **flags)).learning_rate
+
+    assert phase1_rate() == PRETRAINED_LEARNING_RATE == 1e-3
+    assert phase1_rate(weights="None ") == FROM_SCRATCH_LEARNING_RATE == 1e-4
+    assert phase1_rate(weights=str(tmp_path / "base.weights.h5")) == PRETRAINED_LEARNING_RATE
+    assert phase1_rate(weights="none", learning_rate=3e-4) == 3e-4
+    # Resolved before the resume check: a from-scratch rerun without the flag matches its run.
+    recorded = result_settings(normalized(TrainConfig(str(tmp_path), "o", weights="none")))
+    assert recorded["learning_rate"] == 1e-4
+    rerun = normalized(TrainConfig(str(tmp_path), "o", weights="none", learning_rate=1e-3))
+    assert differing_settings(recorded, rerun) == ["--learning_rate 0.0001 -> 0.001"]

@@ -9,6 +9,7 @@ import pytest
 from model.architecture import build_classifier
 from model.model_card import read_model_card
 from tests.train_job.test_train import tiny_config
+from train_job.config import FROM_SCRATCH_LEARNING_RATE
 from train_job.fit import plan_phases
 from train_job.train import train
 
@@ -58,7 +59,7 @@ def test_from_scratch_the_first_phase_trains_every_layer(synthetic_data_dir, tmp
     training_config = read_model_card(str(tmp_path)).training_config
     assert training_config["from_scratch"] is True
     assert [(p["name"], p["trains"], p["learning_rate"]) for p in training_config["phases"]] == [
-        ("phase1", "every layer", config.learning_rate),
+        ("phase1", "every layer", FROM_SCRATCH_LEARNING_RATE),
         ("phase2", "every layer", config.fine_tune_learning_rate),
     ]
 
