@@ -10,43 +10,26 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from model.metric_meanings import headline_rows
 from model.report_sections import Section, format_metric, metric_cell
 
-# (label, block in cv_metrics.json, metric, meaning), image level unless noted.
-CV_HEADLINE: tuple[tuple[str, str, str, str], ...] = (
-    ("Accuracy", "image_level", "accuracy", "share of images called correctly"),
+# The headline rows (labels and meanings: model.metric_meanings), image level unless noted.
+CV_HEADLINE = headline_rows(
     (
-        "Balanced accuracy",
-        "image_level",
-        "balanced_accuracy",
-        "mean of sensitivity and specificity; 0.5 is chance whatever the class mix",
-    ),
-    ("Sensitivity", "image_level", "sensitivity", "share of malignant images called malignant"),
-    ("Specificity", "image_level", "specificity", "share of benign images called benign"),
-    ("F1", "image_level", "f1", "harmonic mean of precision and sensitivity"),
-    ("ROC AUC", "image_level", "roc_auc", "ranking quality over all thresholds; 0.5 is chance"),
-    ("PR AUC", "image_level", "pr_auc", "average precision for malignant; chance is prevalence"),
-    ("Brier score", "image_level", "brier", "mean squared error of p(malignant); lower is better"),
-    ("ECE (15 bins)", "image_level", "ece", "expected calibration error; 0 is calibrated"),
-    (
-        "Patient recognition rate",
-        "image_level",
-        "patient_recognition_rate",
-        "mean over patients of the share of their images called correctly (BreakHis)",
-    ),
-    (
-        "Patient-level accuracy",
-        "patient_level",
-        "accuracy",
-        "each patient called by the mean p(malignant) of their images",
-    ),
-    (
-        "Patient-level balanced acc.",
-        "patient_level",
-        "balanced_accuracy",
-        "the same, balanced over the two classes",
-    ),
-    ("Patient-level ROC AUC", "patient_level", "roc_auc", "patients ranked by their mean p"),
+        ("image_level", "accuracy"),
+        ("image_level", "balanced_accuracy"),
+        ("image_level", "sensitivity"),
+        ("image_level", "specificity"),
+        ("image_level", "f1"),
+        ("image_level", "roc_auc"),
+        ("image_level", "pr_auc"),
+        ("image_level", "brier"),
+        ("image_level", "ece"),
+        ("image_level", "patient_recognition_rate"),
+        ("patient_level", "accuracy"),
+        ("patient_level", "balanced_accuracy"),
+        ("patient_level", "roc_auc"),
+    )
 )
 CV_MAGNIFICATION_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("Accuracy", "image_level", "accuracy"),

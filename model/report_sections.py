@@ -16,43 +16,25 @@ from typing import Any
 from urllib.parse import quote
 
 from model.constants import CLASS_NAMES, HEATMAP_SCALE_PERCENTILE
+from model.metric_meanings import headline_rows
 from model.naming import basename
 from model.overlay import HEATMAP_MAX_ALPHA, JET_LUT
 
 GALLERY_CATEGORIES: tuple[str, ...] = ("confident_malignant", "confident_benign", "misclassified")
 
-# (label, key in a metrics section, meaning) of the headline rows, image level unless noted.
-_HEADLINE: tuple[tuple[str, str, str, str], ...] = (
-    ("Accuracy", "image_level", "accuracy", "share of images called correctly"),
+# The headline rows (labels and meanings: model.metric_meanings), image level unless noted.
+_HEADLINE = headline_rows(
     (
-        "Balanced accuracy",
-        "image_level",
-        "balanced_accuracy",
-        "mean of sensitivity and specificity; 0.5 is chance whatever the class mix",
-    ),
-    ("Sensitivity", "image_level", "sensitivity", "share of malignant images called malignant"),
-    ("Specificity", "image_level", "specificity", "share of benign images called benign"),
-    ("ROC AUC", "image_level", "roc_auc", "ranking quality over all thresholds; 0.5 is chance"),
-    ("PR AUC", "image_level", "pr_auc", "average precision for malignant; chance is prevalence"),
-    (
-        "ECE (15 bins)",
-        "image_level",
-        "ece",
-        "expected calibration error: mean gap between p(malignant) and the observed share of "
-        "malignant images, over 15 equal-width bins of p; 0 is perfectly calibrated",
-    ),
-    (
-        "Patient recognition rate",
-        "image_level",
-        "patient_recognition_rate",
-        "mean over patients of the share of their images called correctly (BreakHis)",
-    ),
-    (
-        "Patient-level accuracy",
-        "patient_level",
-        "accuracy",
-        "each patient called by the mean p(malignant) of their images",
-    ),
+        ("image_level", "accuracy"),
+        ("image_level", "balanced_accuracy"),
+        ("image_level", "sensitivity"),
+        ("image_level", "specificity"),
+        ("image_level", "roc_auc"),
+        ("image_level", "pr_auc"),
+        ("image_level", "ece"),
+        ("image_level", "patient_recognition_rate"),
+        ("patient_level", "accuracy"),
+    )
 )
 _MAGNIFICATION_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("Accuracy", "image_level", "accuracy"),
