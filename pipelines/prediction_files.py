@@ -207,7 +207,9 @@ class ReadPredictions(beam.PTransform):
     """Predictions files -> their ScoredImages, called at `threshold` (None: as written).
 
     Each file is read whole by one worker (a quoted path may hold a line break, so files are
-    not split by lines); the rows are then spread across workers.
+    not split by lines); the files are spread across workers (a scorer on Dataflow writes many
+    shards). The rows go straight into the combiners: spreading them too cost a third more CPU
+    on the DirectRunner for no gain there.
     """
 
     def __init__(self, sources: Sequence[PredictionsFile], threshold: float | None = None):
@@ -221,5 +223,4 @@ class ReadPredictions(beam.PTransform):
             pbegin
             | "Files" >> beam.Create(self._sources)
             | "Read" >> beam.FlatMap(_records, self._threshold)
-            | "Spread" >> beam.Reshuffle()
         )
