@@ -64,6 +64,12 @@ def test_two_runs_over_a_growing_folder_score_every_image_once_and_report_as_one
     assert summary["skip_scored"] == [str(run1)]
     assert read_json(str(run1 / "summary.json"))["already_scored"] == 0
 
+    # The same incremental run again: refused without --overwrite, then the same rows.
+    rows = sorted(prediction_rows(str(run2)), key=lambda row: row["image_path"])
+    assert _score(folder, run2, tiny_export, "--skip_scored", run1) == score.EXIT_LAUNCH_ERROR
+    assert _score(folder, run2, tiny_export, "--skip_scored", run1, "--overwrite") == 0
+    assert sorted(prediction_rows(str(run2)), key=lambda row: row["image_path"]) == rows
+
     combined = tmp_path / "combined"
     argv = ["--predictions", f"{tmp_path}/run*/predictions*.csv", "--output_dir", str(combined)]
     assert report.main(argv) == 0
