@@ -70,6 +70,7 @@ _SHARED_RUN_FIELDS = (
     "threshold_rule",
     "heatmap_scale",
     "heatmap_units",
+    "heatmap_format",  # the overlay files' format (runs from before it was a flag: none given)
     "expected_image_sizes",
 )
 
