@@ -70,7 +70,7 @@ _SHARED_RUN_FIELDS = (
     "threshold_rule",
     "heatmap_scale",
     "heatmap_units",
-    "heatmap_format",  # the overlay files' format (runs from before it was a flag: none given)
+    "heatmap_format",  # the overlays' file format; null from runs made before the flag existed
     "expected_image_sizes",
 )
 
