@@ -153,7 +153,7 @@ def render_report(
     plots: Mapping[str, str],
     gallery: Sequence[GalleryItem],
     patients: Sequence[Mapping[str, Any]] = (),
-    errors: Sequence[Mapping[str, Any]] = (),
+    errors: Sequence[Mapping[str, Any]] | None = (),
     summary: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
     error_cap: int = 200,
@@ -174,6 +174,7 @@ def render_report(
     of the standard section they follow ("run", "headline", "plots", "magnification", "patients",
     "gallery", "errors"), where they go even when that one is not shown. `heatmap_scale` is the
     model card's shared Grad-CAM scale the overlays were drawn on (None: each on its own peak).
+    `errors` None: no error table (a report whose inputs carry no errors).
     """
     full_lists = full_lists or {}
     # Every section both reports can have, in page order; None where it is not shown.
@@ -186,7 +187,9 @@ def render_report(
         "gallery": gallery_section(
             gallery, gallery_totals, metrics is not None, full_lists.get("images"), heatmap_scale
         ),
-        "errors": errors_section(errors, error_cap, full_lists.get("errors")),
+        "errors": (
+            None if errors is None else errors_section(errors, error_cap, full_lists.get("errors"))
+        ),
     }
     sections = _placed(standard, extra_sections or {})
     threshold = (metrics or {}).get("threshold", (summary or {}).get("threshold"))

@@ -47,6 +47,11 @@ def check_flags(
         raise LaunchError(f"--max_error_fraction must be in [0, 1], got {max_error_fraction}")
     if num_shards is not None and num_shards < 0:
         raise LaunchError(f"--num_shards must be 0 (runner decides) or more, got {num_shards}")
+    check_review_limit(review_limit)
+
+
+def check_review_limit(review_limit: int) -> None:
+    """Reject a negative --review_limit."""
     if review_limit < 0:
         raise LaunchError(f"--review_limit must be 0 (no review file) or more, got {review_limit}")
 

@@ -1,12 +1,13 @@
 """The scoring job's graph: a few named composite transforms, wired by `build_pipeline`.
 
-    MatchImages -> ScoreImages -> CollectErrors -> WriteOutputs + SummarizeRun -> WriteReports
+    MatchImages [-> SkipScored] -> ScoreImages -> CollectErrors -> WriteOutputs
+                -> ReportScores (metrics, review, SummarizeRun, report.html, summary.json last)
 
-ReportProgress counts ScoreImages' and CollectErrors' outputs as they arrive. WriteOutputs
-includes ReviewQueue (review.csv), which needs each patient's call from the patient tallies.
-
-WriteReports writes report.html and then summary.json, the run's last file: it takes every other
-output's write result as a side input, so a summary exists only beside a finished run's outputs.
+ReportProgress counts ScoreImages' and CollectErrors' outputs as they arrive. ReportScores is
+the reporting half `python -m pipelines.report` runs too (pipelines/reporting.py); here it
+follows the predictions and errors CSVs: summary.json takes every other output's write result
+as a side input, so a summary exists only beside a finished run's outputs. SkipScored (only with
+--skip_scored) leaves out the images earlier runs of the same model already scored.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference, RunInferenceDLQ
-from apache_beam.pvalue import AsList, AsSingleton
+from apache_beam.pvalue import AsSingleton
 
 from model import storage
 from model.quality import SizeRange
-from pipelines.aggregates import ComputeMetrics, OutcomeCountsFn
+from pipelines.aggregates import OutcomeCountsFn
 from pipelines.csv_output import ERRORS_NAME, PREDICTIONS_NAME, WriteCsv
 from pipelines.dead_letters import (
     error_for_invalid_name,
@@ -32,18 +33,13 @@ from pipelines.ensemble import Member
 from pipelines.heatmaps import HEATMAP_DIR
 from pipelines.inputs import EXCLUDED_TAG, IMAGES_TAG, INVALID_NAMES_TAG, SKIPPED_TAG, MatchImages
 from pipelines.model_handler import keyed_scoring_handler
+from pipelines.prediction_files import PredictionsFile
 from pipelines.progress import ReportProgressFn
-from pipelines.report import ERROR_SAMPLE, GalleryFn, write_scoring_report
-from pipelines.report_writer import RunCounts, build_summary, write_metrics, write_summary
-from pipelines.review import (
-    ReviewQueueFn,
-    patient_calls,
-    review_candidate,
-    review_summary,
-    with_review,
-    write_review_csv,
-)
-from pipelines.rows import ERROR_COLUMNS, PREDICTION_COLUMNS, is_qc_clean
+from pipelines.report_writer import RunCounts, build_summary
+from pipelines.reporting import ERRORS, RECORDS, REVIEW, ReportingConfig, ReportScores
+from pipelines.review import with_review
+from pipelines.rows import ERROR_COLUMNS, PREDICTION_COLUMNS
+from pipelines.skip_scored import ALREADY_SCORED_TAG, TO_SCORE_TAG, SkipScored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +63,19 @@ class ScoringConfig:
     tta: int = 1  # test-time views per image (model.tta)
     # The maps' display scale (pipelines.ensemble.Ensemble.heatmap_scale), None: per image
     heatmap_scale: float | None = None
+    # --skip_scored: the earlier runs' predictions files; their images are not scored again
+    skip_scored: tuple[PredictionsFile, ...] = ()
+
+    @property
+    def reporting(self) -> ReportingConfig:
+        """What the reporting half (metrics, review, report, summary) needs of this run."""
+        return ReportingConfig(
+            output_dir=self.output_dir,
+            threshold=self.threshold,
+            review_limit=self.review_limit,
+            gradcam=self.gradcam,
+            max_bytes=self.max_bytes,
+        )
 
 
 class ScoreImages(beam.PTransform):
@@ -128,94 +137,40 @@ class CollectErrors(beam.PTransform):
         return parts | "Flatten" >> beam.Flatten()
 
 
-class ReviewQueue(beam.PTransform):
-    """ScoredImages -> review.csv; returns the queue, its summary entry and the written file.
-
-    Each image's reasons need its patient's call: a side input of one call per patient, made
-    from the patient tallies the metrics already combine, so it is bounded by the patients.
-    """
-
-    def __init__(self, config: ScoringConfig, metrics_inputs: beam.PCollection):
-        super().__init__()
-        self._config = config
-        self._metrics_inputs = metrics_inputs
-
-    def expand(self, records: beam.PCollection) -> dict[str, beam.PCollection]:
-        """Find each image's reasons, keep the first --review_limit, write them."""
-        config = self._config
-        calls = self._metrics_inputs | "PatientCalls" >> beam.Map(patient_calls)
-        queue = (
-            records
-            | "FindReasons"
-            >> beam.Map(review_candidate, threshold=config.threshold, calls=AsSingleton(calls))
-            | "Rank" >> beam.CombineGlobally(ReviewQueueFn(config.review_limit, config.threshold))
-        )
-        return {
-            "queue": queue,
-            "summary": queue
-            | "Summarize"
-            >> beam.Map(review_summary, limit=config.review_limit, threshold=config.threshold),
-            "file": queue
-            | "Write" >> beam.Map(write_review_csv, config.output_dir, config.review_limit),
-        }
-
-
 class WriteOutputs(beam.PTransform):
-    """(records, errors) -> predictions and errors CSVs, metrics.json, patients.csv, plots,
-    review.csv.
-
-    metrics.json also reports the QC-clean images: the same streaming aggregates applied to the
-    records that raised no input quality flag.
-
-    Returns the write results (final file names, the metrics report or None, the metrics
-    inputs, the review queue and its summary entry) for the steps that must follow them.
-    """
+    """(records, errors) -> the predictions CSV(s) and errors.csv; returns their file names."""
 
     def __init__(self, config: ScoringConfig):
         super().__init__()
         self._config = config
 
     def expand(self, rows: tuple[beam.PCollection, beam.PCollection]) -> dict[str, Any]:
-        """Write every per-image and metrics output."""
+        """Write one row per scored image and one per failed input."""
         records, errors = rows
         config = self._config
-        predictions = records | "WritePredictions" >> WriteCsv(
-            config.output_dir, PREDICTIONS_NAME, PREDICTION_COLUMNS, config.num_shards
-        )
-        error_files = errors | "WriteErrors" >> WriteCsv(
-            config.output_dir, ERRORS_NAME, ERROR_COLUMNS
-        )
-        metrics_inputs = records | "ComputeMetrics" >> ComputeMetrics(config.threshold)
-        clean_inputs = (
-            records
-            | "QcClean" >> beam.Filter(is_qc_clean)
-            | "ComputeCleanMetrics" >> ComputeMetrics(config.threshold)
-        )
-        metrics = metrics_inputs | "WriteMetrics" >> beam.Map(
-            write_metrics,
-            config.output_dir,
-            config.threshold,
-            clean_inputs=AsSingleton(clean_inputs),
-        )
-        review = records | "ReviewQueue" >> ReviewQueue(config, metrics_inputs)
         return {
-            "predictions": predictions,
-            "errors": error_files,
-            "metrics": metrics,
-            "metrics_inputs": metrics_inputs,
-            "review_queue": review["queue"],
-            "review_summary": review["summary"],
-            "review_file": review["file"],
+            "predictions": records
+            | "WritePredictions"
+            >> WriteCsv(config.output_dir, PREDICTIONS_NAME, PREDICTION_COLUMNS, config.num_shards),
+            "errors": errors
+            | "WriteErrors" >> WriteCsv(config.output_dir, ERRORS_NAME, ERROR_COLUMNS),
         }
 
 
 class SummarizeRun(beam.PTransform):
-    """{records, errors, skipped, excluded, review} -> the one summary dict, once everything is
-    counted; `review` is the review queue's summary entry."""
+    """{records, errors, review} -> the one summary dict, once everything is counted; `review`
+    is the review queue's summary entry. The match counts come from MatchImages' outputs."""
 
-    def __init__(self, matched: beam.PCollection, job: dict[str, Any], started_at: float):
+    def __init__(
+        self,
+        matched: beam.PCollection,
+        unscored: dict[str, beam.PCollection],
+        job: dict[str, Any],
+        started_at: float,
+    ):
         super().__init__()
         self._matched = matched
+        self._unscored = unscored  # SKIPPED_TAG, EXCLUDED_TAG, ALREADY_SCORED_TAG: paths
         self._job = job
         self._started_at = started_at
 
@@ -224,61 +179,23 @@ class SummarizeRun(beam.PTransform):
         counted = [
             AsSingleton(self._matched),
             AsSingleton(
-                inputs["records"] | "CountOutcomes" >> beam.CombineGlobally(OutcomeCountsFn())
+                inputs[RECORDS] | "CountOutcomes" >> beam.CombineGlobally(OutcomeCountsFn())
             ),
         ] + [
-            AsSingleton(inputs[key] | f"Count{label}" >> beam.combiners.Count.Globally())
-            for key, label in (
-                ("errors", "Failed"),
-                (SKIPPED_TAG, "Skipped"),
-                (EXCLUDED_TAG, "Excluded"),
+            AsSingleton(stream | f"Count{label}" >> beam.combiners.Count.Globally())
+            for stream, label in (
+                (inputs[ERRORS], "Failed"),
+                (self._unscored[SKIPPED_TAG], "Skipped"),
+                (self._unscored[EXCLUDED_TAG], "Excluded"),
+                (self._unscored[ALREADY_SCORED_TAG], "AlreadyScored"),
             )
         ]
         return (
-            inputs["records"].pipeline
+            inputs[RECORDS].pipeline
             | "Trigger" >> beam.Create([None])
             | "Counts" >> beam.Map(lambda _, *counts: RunCounts(*counts), *counted)
             | "Summary" >> beam.Map(build_summary, job=self._job, started_at=self._started_at)
-            | "AddReview" >> beam.Map(with_review, AsSingleton(inputs["review"]))
-        )
-
-
-class WriteReports(beam.PTransform):
-    """report.html, then summary.json once every other output is final; returns the summary."""
-
-    def __init__(self, config: ScoringConfig, written: dict[str, beam.PCollection]):
-        super().__init__()
-        self._config = config
-        self._written = written
-
-    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
-        """Pick the gallery and error sample, render the report, write the summary last."""
-        config, written = self._config, self._written
-        summary = inputs["summary"]
-        gallery = inputs["records"] | "SelectGallery" >> beam.CombineGlobally(GalleryFn())
-        error_sample = inputs["errors"] | "SampleErrors" >> beam.combiners.Top.Of(
-            ERROR_SAMPLE, key=lambda error: error.image_path, reverse=True
-        )
-        report = summary | "WriteReport" >> beam.Map(
-            write_scoring_report,
-            metrics=AsSingleton(written["metrics"]),
-            metrics_inputs=AsSingleton(written["metrics_inputs"]),
-            gallery=AsSingleton(gallery),
-            errors=AsSingleton(error_sample),
-            review=AsSingleton(written["review_queue"]),
-            output_dir=config.output_dir,
-            threshold=config.threshold,
-            gradcam=config.gradcam,
-            max_bytes=config.max_bytes,
-        )
-        return summary | "WriteSummary" >> beam.Map(
-            write_summary,
-            output_dir=config.output_dir,
-            predictions=AsList(written["predictions"]),
-            errors=AsList(written["errors"]),
-            metrics=AsSingleton(written["metrics"]),
-            review=AsSingleton(written["review_file"]),
-            report=AsSingleton(report),
+            | "AddReview" >> beam.Map(with_review, AsSingleton(inputs[REVIEW]))
         )
 
 
@@ -309,24 +226,31 @@ def build_pipeline(
 ) -> None:
     """Apply the scoring job's composite transforms to the pipeline."""
     matches = pipeline | "MatchImages" >> MatchImages(config.patterns, config.output_dir)
+    images = matches[IMAGES_TAG]
+    if config.skip_scored:
+        split = images | "SkipScored" >> SkipScored(config.skip_scored)
+        images, already_scored = split[TO_SCORE_TAG], split[ALREADY_SCORED_TAG]
+    else:
+        already_scored = pipeline | "NoneAlreadyScored" >> beam.Create([])
+    # The images this run tries: the progress lines and the error fraction count these.
     matched = (
-        (matches[IMAGES_TAG], matches[INVALID_NAMES_TAG])
+        (images, matches[INVALID_NAMES_TAG])
         | "MatchedInputs" >> beam.Flatten()
         | "CountMatched" >> beam.combiners.Count.Globally()
     )
-    records, failures = matches[IMAGES_TAG] | "ScoreImages" >> ScoreImages(config, matched)
+    records, failures = images | "ScoreImages" >> ScoreImages(config, matched)
     errors = matches[INVALID_NAMES_TAG] | "CollectErrors" >> CollectErrors(failures)
     _ = (records, errors) | "ReportProgress" >> ReportProgress(
         config.run_id, config.progress_interval, matched
     )
     written = (records, errors) | "WriteOutputs" >> WriteOutputs(config)
-    summary = {
-        "records": records,
-        "errors": errors,
+    unscored = {
         SKIPPED_TAG: matches[SKIPPED_TAG],
         EXCLUDED_TAG: matches[EXCLUDED_TAG],
-        "review": written["review_summary"],
-    } | "SummarizeRun" >> SummarizeRun(matched, job, started_at)
-    _ = {"records": records, "errors": errors, "summary": summary} | "WriteReports" >> WriteReports(
-        config, written
+        ALREADY_SCORED_TAG: already_scored,
+    }
+    _ = {RECORDS: records, ERRORS: errors} | "ReportScores" >> ReportScores(
+        config.reporting,
+        SummarizeRun(matched, unscored, job, started_at),
+        finished=written,
     )

@@ -1,275 +1,282 @@
-"""report.html of a scoring run: bounded gallery selection, error sample, and the page itself.
+"""Rebuild a run's reports from scoring runs' predictions, without the model and without rescoring.
 
-The gallery keeps only the few images it will show (the most confident calls of each class and
-the most confidently wrong ones), pruned as rows stream in, so memory does not grow with the
-number of images; the error table shows a bounded sample (errors.csv has them all). The "Needs
-review" section shows the review queue's counts and its first few images (review.csv has the
-first --review_limit).
+    python -m pipelines.report --predictions 'PATTERN' [PATTERN ...] --output_dir DIR \
+        [--threshold T] [--review_limit 1000] [--overwrite] [Beam options]
+
+Flow: ReadPredictions (the runs' predictions*.csv, parsed strictly) -> ReportScores, the
+scorer's own reporting half (metrics.json, patients.csv, plots/, review.csv, report.html, then
+summary.json last; pipelines/reporting.py). No model is loaded and no image is scored; the
+gallery shows the runs' overlays (copied beside the report) and downsized originals, as the
+scorer's report does. Patterns are globs of predictions files, local or gs://, or run folders.
 """
 
 from __future__ import annotations
 
-import collections
+import argparse
+import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TestOptions
+from apache_beam.pvalue import AsSingleton
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from model import storage
-from model.evaluation import PATIENT_COLUMNS, patient_table
-from model.html_report import (
-    GALLERY_CATEGORIES,
-    GalleryItem,
-    is_misclassified,
-    render_report,
-    select_gallery,
-    write_report,
+from pipelines.aggregates import OutcomeCountsFn
+from pipelines.launch_checks import (
+    LaunchError,
+    check_output_dir,
+    check_remote_locations,
+    check_review_limit,
 )
-from model.overlay import encode_png
-from model.plots import EVALUATION_PLOTS
-from model.preprocessing import bounded_copy, decode_rgb
-from model.quality_section import quality_section
-from model.report_assets import REPORT_ASSETS_DIR, downsize
-from model.report_sections import Section, format_metric
-from pipelines.aggregates import MetricsInputs
-from pipelines.heatmaps import heatmap_name, overlay_href
-from pipelines.review import ReviewQueue
-from pipelines.review_report import needs_review_section, review_section
-from pipelines.rows import ScoredImage, ScoringError
+from pipelines.prediction_files import ReadPredictions
+from pipelines.report_checks import (
+    check_not_an_input,
+    check_rows,
+    find_runs,
+    report_threshold,
+)
+from pipelines.report_writer import (
+    REPORT_KIND,
+    SUMMARY_FILE,
+    build_report_summary,
+    read_summary,
+)
+from pipelines.reporting import RECORDS, REVIEW, ReportingConfig, ReportScores
+from pipelines.review import add_review_limit_flag, with_review
+from pipelines.run_outputs import remove_outputs
+from pipelines.score import (
+    EXIT_LAUNCH_ERROR,
+    EXIT_TOO_MANY_ERRORS,
+    runner_description,
+    runner_name,
+)
+from pipelines.scored_runs import ScoredRun
 
 logger = logging.getLogger(__name__)
 
-PER_CATEGORY = 12
-MAX_MISCLASSIFIED = 48
-ERROR_SAMPLE = 200
-_GALLERY_FIELDS = (
-    "image_path",
-    "p_malignant",
-    "predicted_label",
-    "true_label",
-    "heatmap_path",
-    "p_std",
-    "heatmap_peak",
+EXIT_FAILED = EXIT_TOO_MANY_ERRORS  # the pipeline did not finish, or the summary is not ours
+THRESHOLD_FROM_RUNS = "runs"
+THRESHOLD_FROM_FLAG = "--threshold"
+# Copied from the runs' summaries when every run agrees (the same model, so they should).
+_SHARED_RUN_FIELDS = (
+    "model_dir",
+    "members",
+    "threshold_rule",
+    "heatmap_scale",
+    "heatmap_units",
+    "heatmap_format",  # the overlays' file format; null from runs made before the flag existed
+    "expected_image_sizes",
 )
 
 
-def gallery_category(row: Mapping[str, Any]) -> str:
-    """Which gallery section a prediction row would belong to."""
-    if is_misclassified(row):
-        return "misclassified"
-    return f"confident_{row['predicted_label']}"
+@dataclasses.dataclass(frozen=True)
+class LaunchedReport:
+    """A report that was checked, built and run: its config, Beam's result, whether it ran."""
+
+    config: ReportingConfig
+    run_id: str
+    result: PipelineResult
+    dry_run: bool
 
 
-class GalleryFn(beam.CombineFn):
-    """ScoredImages -> (select_gallery's picks, rows per category), in bounded memory."""
-
-    def __init__(
-        self, per_category: int = PER_CATEGORY, max_misclassified: int = MAX_MISCLASSIFIED
-    ):
-        self._per_category = per_category
-        self._max_misclassified = max_misclassified
-        self._prune_at = 4 * (2 * per_category + max_misclassified) + 64
-
-    def _prune(self, rows: list[dict]) -> list[dict]:
-        picks = select_gallery(rows, self._per_category, self._max_misclassified)
-        return [row for category in GALLERY_CATEGORIES for row in picks[category]]
-
-    def create_accumulator(self) -> tuple[list[dict], collections.Counter]:
-        """No candidates, no counts."""
-        return [], collections.Counter()
-
-    def add_input(self, accumulator, record: ScoredImage):
-        """Keep the row as a candidate (pruning when the list grows) and count its category."""
-        rows, totals = accumulator
-        row = {field: getattr(record, field) for field in _GALLERY_FIELDS}
-        rows.append(row)
-        totals[gallery_category(row)] += 1
-        if len(rows) > self._prune_at:
-            rows[:] = self._prune(rows)
-        return rows, totals
-
-    def merge_accumulators(self, accumulators: Iterable):
-        """Concatenate candidates (pruned) and add counts."""
-        merged_rows: list[dict] = []
-        merged_totals: collections.Counter = collections.Counter()
-        for rows, totals in accumulators:
-            merged_rows.extend(rows)
-            merged_totals.update(totals)
-            if len(merged_rows) > self._prune_at:
-                merged_rows = self._prune(merged_rows)
-        return merged_rows, merged_totals
-
-    def extract_output(self, accumulator) -> tuple[dict[str, list[dict]], dict[str, int]]:
-        """The final picks per category and how many rows each category had."""
-        rows, totals = accumulator
-        picks = select_gallery(rows, self._per_category, self._max_misclassified)
-        return picks, dict(totals)
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The report's own flags, and the rest for Beam."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.report",
+        description="Rebuild metrics, patients, review and report.html from scoring runs' "
+        "predictions, without rescoring (Apache Beam).",
+        epilog="Any other flag (--runner, --direct_num_workers, --project, ...) is passed to Beam.",
+    )
+    parser.add_argument(
+        "--predictions",
+        nargs="+",
+        required=True,
+        metavar="PATTERN",
+        help="predictions files of finished scoring runs: globs, local or gs:// "
+        "('scores/*/predictions*.csv'), or run folders; every run must be matched whole",
+    )
+    parser.add_argument("--output_dir", required=True, help="output folder, local or gs://")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="call p at this threshold instead of the runs' own (needed when they differ)",
+    )
+    add_review_limit_flag(parser)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="remove an earlier report's outputs from --output_dir first (without it, such a "
+        "folder is refused)",
+    )
+    return parser.parse_known_args(argv)
 
 
-def _gallery_items(
-    picks: Mapping[str, Sequence[Mapping]], output_dir: str, max_bytes: int, views: int
-) -> list[GalleryItem]:
-    """Write a downsized copy of each picked original; link it beside its overlay (with p_std
-    when the run scored several test-time views)."""
-    items = []
-    for category in GALLERY_CATEGORIES:
-        for row in picks.get(category, []):
-            if not row["heatmap_path"]:
-                continue
-            name = heatmap_name(row["image_path"])
-            original_href = f"{REPORT_ASSETS_DIR}/{name}"
-            try:
-                data = storage.read_bytes(row["image_path"], max_bytes=max_bytes)
-                original = downsize(bounded_copy(decode_rgb(data)))
-            except Exception as error:  # the file changed since scoring: show the rest
-                logger.warning("Gallery skips %s: %s", row["image_path"], error)
-                continue
-            storage.write_bytes(
-                storage.join(output_dir, REPORT_ASSETS_DIR, name), encode_png(original)
-            )
-            items.append(
-                GalleryItem(
-                    image_path=row["image_path"],
-                    original_href=original_href,
-                    overlay_href=overlay_href(row["heatmap_path"]),
-                    p_malignant=float(row["p_malignant"]),
-                    predicted_label=row["predicted_label"],
-                    true_label=row["true_label"] or None,
-                    category=category,
-                    p_std=float(row["p_std"]) if views > 1 else None,
-                    heatmap_peak=row["heatmap_peak"],
-                )
-            )
-    return items
+def _shared(runs: Sequence[ScoredRun], key: str) -> Any:
+    """A summary field every run has the same value of; None when they differ."""
+    values = [run.summary.get(key) for run in runs]
+    return values[0] if all(value == values[0] for value in values) else None
 
 
-def write_scoring_report(
-    summary: Mapping[str, Any],
-    metrics: Mapping[str, Any] | None,
-    metrics_inputs: MetricsInputs,
-    gallery: tuple[dict, dict],
-    errors: Sequence[ScoringError],
-    review: ReviewQueue,
-    output_dir: str,
+def report_job(
+    runs: Sequence[ScoredRun],
     threshold: float,
-    gradcam: bool,
-    max_bytes: int,
-) -> str:
-    """Render and write report.html (a Beam Map over the run's summary); returns its path."""
-    picks, totals = gallery
-    views = int(summary.get("tta") or 1)
-    items = _gallery_items(picks, output_dir, max_bytes, views) if gradcam else []
-    patients = [
-        dict(zip(PATIENT_COLUMNS, row, strict=True))
-        for row in patient_table(metrics_inputs.patient_rows, threshold)
-    ]
-    plots = EVALUATION_PLOTS if metrics is not None else {}
-    members = summary.get("members") or []
-    if len(members) > 1:
-        notes = [
-            f"Scored with an ensemble of {len(members)} models ({summary.get('model_id')}) at "
-            f"decision threshold {threshold:.4f} (the {summary.get('threshold_rule')}).",
-        ]
-    else:
-        notes = [
-            f"Scored with model {summary.get('model_id')} at decision threshold {threshold:.4f} "
-            "(chosen on the training job's validation split).",
-        ]
-    if not gradcam:
-        notes.append("Run with --no_gradcam: no heatmaps, so no Grad-CAM gallery.")
-    review_data = needs_review_section(review, gradcam)
-    failed = int(summary.get("failed", 0))
-    if failed > len(errors):
-        notes.append(f"The error table shows {len(errors)} of {failed} errors; see errors.csv.")
-    html = render_report(
-        title="BreakHis classifier: scoring run",
-        metrics=metrics,
-        plots=plots,
-        gallery=items,
-        patients=patients,
-        errors=[error._asdict() for error in sorted(errors)],
-        summary=_summary_rows(summary),
-        notes=notes,
-        gallery_totals=totals,
-        full_lists={
-            "images": "predictions.csv",
-            "patients": "patients.csv",
-            "errors": "errors.csv",
-        },
-        extra_sections=_extra_sections(summary, metrics, review_data, threshold),
-        heatmap_scale=summary.get("heatmap_scale"),
+    threshold_given: bool,
+    args: argparse.Namespace,
+    run_id: str,
+    runner: Mapping[str, Any],
+) -> dict[str, Any]:
+    """summary.json's fields that come from the launch: the runs, the model, the threshold."""
+    scoring_thresholds = sorted({run.threshold for run in runs})
+    return {
+        "kind": REPORT_KIND,
+        "run_id": run_id,
+        "source_runs": [
+            {
+                "run_dir": run.run_dir,
+                "run_id": run.summary.get("run_id"),
+                "scored": run.scored,
+                "threshold": run.threshold,
+                "tta": run.summary.get("tta"),
+                "gradcam": run.summary.get("gradcam"),
+                "finished_at": run.summary.get("finished_at"),
+            }
+            for run in runs
+        ],
+        "predictions": list(args.predictions),
+        "model_id": runs[0].model_id,
+        "threshold": threshold,
+        "threshold_source": THRESHOLD_FROM_FLAG if threshold_given else THRESHOLD_FROM_RUNS,
+        "scoring_thresholds": scoring_thresholds,
+        "rethresholded": scoring_thresholds != [threshold],
+        "gradcam": any(bool(run.summary.get("gradcam")) for run in runs),
+        # p_std is shown when any run scored several views.
+        "tta": max(int(run.summary.get("tta") or 1) for run in runs),
+        **{key: _shared(runs, key) for key in _SHARED_RUN_FIELDS},
+        "review_limit": args.review_limit,
+        "output_dir": args.output_dir,
+        **runner,
+    }
+
+
+class SummarizeReport(beam.PTransform):
+    """{records, review} -> the report's summary dict, once every row is counted."""
+
+    def __init__(self, job: dict[str, Any], started_at: float):
+        super().__init__()
+        self._job = job
+        self._started_at = started_at
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        """Count the rows as the scorer counts its own, and add the review entry."""
+        return (
+            inputs[RECORDS]
+            | "CountOutcomes" >> beam.CombineGlobally(OutcomeCountsFn())
+            | "Summary"
+            >> beam.Map(build_report_summary, job=self._job, started_at=self._started_at)
+            | "AddReview" >> beam.Map(with_review, AsSingleton(inputs[REVIEW]))
+        )
+
+
+def launch(
+    argv: Sequence[str] | None = None,
+    save_main_session: bool = True,
+    test_pipeline: beam.Pipeline | None = None,
+) -> LaunchedReport:
+    """Check the launch, clear an earlier report's files (--overwrite), build, run and wait.
+
+    Raises LaunchError, before anything runs or is removed, for unusable patterns, runs,
+    rows, threshold or output location.
+    """
+    started_at = time.time()
+    args, beam_args = parse_args(argv)
+    check_review_limit(args.review_limit)
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    check_remote_locations(
+        runner_name(options, test_pipeline), [*args.predictions, args.output_dir]
     )
-    return write_report(output_dir, html)
-
-
-def _extra_sections(
-    summary: Mapping[str, Any],
-    metrics: Mapping[str, Any] | None,
-    review_data: Mapping[str, Any],
-    threshold: float,
-) -> dict[str, list[Section]]:
-    """The scoring report's own sections, by where they go: "Needs review" opens the page."""
-    sections = {"top": [review_section(review_data, threshold)]}
-    members = members_section(summary)
-    if members is not None:
-        sections["run"] = [members]
-    quality = quality_section(summary.get("quality_control"), metrics)
-    if quality is not None:
-        sections["headline"] = [quality]
-    return sections
-
-
-def members_section(summary: Mapping[str, Any]) -> Section | None:
-    """The ensemble's members and rules (summary.json's `members`); None for one model."""
-    members = summary.get("members") or []
-    if len(members) < 2:
-        return None
-    return Section(
-        "members",
-        "Ensemble",
-        {
-            "model_id": summary.get("model_id"),
-            "count": len(members),
-            "threshold": format_metric(summary.get("threshold")),
-            "threshold_rule": summary.get("threshold_rule"),
-            "heatmap_units": summary.get("heatmap_units"),
-            "members": [
-                {
-                    "model_id": member["model_id"],
-                    "model_dir": member["model_dir"],
-                    "given_as": member["given_as"],
-                    "threshold": format_metric(member["threshold"]),
-                    "eval_tta": member["eval_tta"],
-                    "temperature": format_metric(member["temperature"]),
-                    "heatmap_scale": format_metric(member["heatmap_scale"]),
-                }
-                for member in members
-            ],
-        },
+    runs = find_runs(args.predictions)
+    threshold = report_threshold(runs, args.threshold)
+    check_not_an_input(args.output_dir, runs)
+    earlier = check_output_dir(args.output_dir, args.overwrite)
+    rows = check_rows(runs)  # last: it reads every row
+    config = ReportingConfig(
+        output_dir=args.output_dir,
+        threshold=threshold,
+        review_limit=args.review_limit,
+        gradcam=any(bool(run.summary.get("gradcam")) for run in runs),
+        max_bytes=storage.DEFAULT_MAX_BYTES,
     )
-
-
-def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The summary.json fields worth a line on the page."""
-    keys = (
-        "run_id",
-        "inputs_matched",
-        "scored",
-        "failed",
-        "labelled_images",
-        "non_image_files_skipped",
-        "output_files_excluded",
-        "model_id",
-        "tta",
-        "heatmap_scale",
-        "empty_heatmaps",
-        "runner",
-        "direct_num_workers",
-        "wall_time_seconds",
-        "finished_at",
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    runner = runner_description(pipeline)
+    dry_run = bool(pipeline.options.view_as(TestOptions).dry_run)
+    if earlier and not dry_run:
+        remove_outputs(config.output_dir, earlier)
+    run_id = uuid.uuid4().hex
+    job = report_job(runs, threshold, args.threshold is not None, args, run_id, runner)
+    logger.info(
+        "Report %s: %d rows of %d run(s) of model %s at threshold %.4f (%s); outputs in %s",
+        run_id,
+        rows,
+        len(runs),
+        job["model_id"],
+        threshold,
+        "--threshold" if args.threshold is not None else "the runs' own",
+        config.output_dir,
     )
-    rows = {key: summary[key] for key in keys if key in summary}
-    for name, count in summary.get("predictions_per_class", {}).items():
-        rows[f"predicted_{name}"] = count
-    return rows
+    sources = [source for run in runs for source in run.sources()]
+    records = pipeline | "ReadPredictions" >> ReadPredictions(sources, threshold)
+    _ = {RECORDS: records} | "ReportScores" >> ReportScores(
+        config, SummarizeReport(job, started_at)
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    return LaunchedReport(config=config, run_id=run_id, result=result, dry_run=dry_run)
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    save_main_session: bool = True,
+    test_pipeline: beam.Pipeline | None = None,
+) -> PipelineResult:
+    """Beam's entry-point contract: launch the report and return Beam's result."""
+    return launch(argv, save_main_session, test_pipeline).result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: run, then exit 2 on launch errors and 1 when the pipeline did not finish."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
+    try:
+        launched = launch(argv)
+    except LaunchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_LAUNCH_ERROR
+    if launched.dry_run:
+        logger.info("Dry run: the job graph was built and not run")
+        return 0
+    if launched.result.state != PipelineState.DONE:
+        print(f"error: the pipeline ended in state {launched.result.state}", file=sys.stderr)
+        return EXIT_FAILED
+    summary = read_summary(launched.config.output_dir)
+    if summary is None or summary.get("run_id") != launched.run_id:
+        print(
+            f"error: {storage.join(launched.config.output_dir, SUMMARY_FILE)} is not this "
+            f"report's ({launched.run_id}); was another job writing to --output_dir?",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

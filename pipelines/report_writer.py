@@ -28,6 +28,9 @@ METRICS_FILE = "metrics.json"
 QC_CLEAN_METRICS = "qc_clean"  # metrics.json's block over the QC-clean labelled images
 PATIENTS_FILE = "patients.csv"
 SUMMARY_FILE = "summary.json"
+# summary.json's "kind" for a report rebuilt from earlier runs' predictions (python -m
+# pipelines.report); a scoring run's summary has no "kind".
+REPORT_KIND = "report"
 
 
 def _json(value: Any) -> str:
@@ -106,11 +109,12 @@ def write_metrics(
 class RunCounts(NamedTuple):
     """What happened to the run's inputs, counted by combiners."""
 
-    matched: int  # image inputs, scored or failed
+    matched: int  # image inputs this run tried: scored or failed
     outcomes: Mapping[str, int]  # OutcomeCountsFn's counts of the predictions
     failed: int
     skipped: int  # non-image files the patterns matched
     excluded: int  # files inside --output_dir the patterns matched
+    already_scored: int = 0  # images matched but left alone: in a --skip_scored run's predictions
 
 
 def build_summary(counts: RunCounts, job: Mapping[str, Any], started_at: float) -> dict[str, Any]:
@@ -130,17 +134,46 @@ def build_summary(counts: RunCounts, job: Mapping[str, Any], started_at: float) 
             counts.failed,
         )
     return {
-        "inputs_matched": counts.matched,
+        "inputs_matched": counts.matched + counts.already_scored,
+        "already_scored": counts.already_scored,
         "scored": scored,
         "failed": counts.failed,
+        # Of the images this run tried: the ones left alone cannot fail.
         "failed_fraction": counts.failed / counts.matched if counts.matched else 0.0,
-        "predictions_per_class": {name: counts.outcomes[name] for name in CLASS_NAMES},
-        "labelled_images": counts.outcomes["labelled"],
-        "quality_control": quality_summary(counts.outcomes, job),
-        **_empty_heatmaps(counts.outcomes, bool(job.get("gradcam"))),
+        **_outcome_summary(counts.outcomes, job),
         "non_image_files_skipped": counts.skipped,
         "output_files_excluded": counts.excluded,
         **job,
+        **_times(started_at, finished_at),
+    }
+
+
+def build_report_summary(
+    outcomes: Mapping[str, int], job: Mapping[str, Any], started_at: float
+) -> dict[str, Any]:
+    """summary.json's content for a report rebuilt from earlier runs' predictions: the rows'
+    counts (as a scoring run counts its own), the job (its runs, model, threshold) and times."""
+    return {
+        **{key: job[key] for key in ("kind", "run_id") if key in job},  # first, to be seen
+        "scored": outcomes["scored"],
+        **_outcome_summary(outcomes, job),
+        **job,
+        **_times(started_at, time.time()),
+    }
+
+
+def _outcome_summary(outcomes: Mapping[str, int], job: Mapping[str, Any]) -> dict[str, Any]:
+    """The counts of the prediction rows: per call, labelled, input quality, empty maps."""
+    return {
+        "predictions_per_class": {name: outcomes[name] for name in CLASS_NAMES},
+        "labelled_images": outcomes["labelled"],
+        "quality_control": quality_summary(outcomes, job),
+        **_empty_heatmaps(outcomes, bool(job.get("gradcam"))),
+    }
+
+
+def _times(started_at: float, finished_at: float) -> dict[str, Any]:
+    return {
         "started_at": _iso(started_at),
         "finished_at": _iso(finished_at),
         "wall_time_seconds": round(finished_at - started_at, 3),
@@ -186,14 +219,24 @@ def write_summary(
     metrics, report), passed as side inputs only so that this step runs after all of them.
     """
     storage.write_text(storage.join(output_dir, SUMMARY_FILE), _json(summary))
-    logger.info(
-        "Scored %d of %d matched images (%d failed) in %.1fs; outputs in %s",
-        summary["scored"],
-        summary["inputs_matched"],
-        summary["failed"],
-        summary["wall_time_seconds"],
-        output_dir,
-    )
+    if summary.get("kind") == REPORT_KIND:
+        logger.info(
+            "Reported %d scored images of %d runs in %.1fs; outputs in %s",
+            summary["scored"],
+            len(summary["source_runs"]),
+            summary["wall_time_seconds"],
+            output_dir,
+        )
+    else:
+        logger.info(
+            "Scored %d of %d matched images (%d failed, %d already scored) in %.1fs; outputs in %s",
+            summary["scored"],
+            summary["inputs_matched"],
+            summary["failed"],
+            summary["already_scored"],
+            summary["wall_time_seconds"],
+            output_dir,
+        )
     return summary
 
 

@@ -19,6 +19,7 @@ lists the kept images ranked.
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import collections
 import dataclasses
@@ -56,6 +57,17 @@ UNCERTAIN_RULE = "max(p_std, member_std) > |p_malignant - threshold|"
 # p is clipped to [P_CLIP, 1 - P_CLIP] before taking log-odds, so p = 0 or 1 (written with 6
 # decimals) has a finite distance from the threshold, still beyond every written p in between.
 P_CLIP = 1e-7
+
+
+def add_review_limit_flag(parser: argparse.ArgumentParser) -> None:
+    """--review_limit, as the scorer and the re-report both take it."""
+    parser.add_argument(
+        "--review_limit",
+        type=int,
+        default=DEFAULT_REVIEW_LIMIT,
+        help=f"list at most this many images in {REVIEW_FILE}, first to review first; 0 writes "
+        "no review file (summary.json still counts every reason) (default %(default)s)",
+    )
 
 
 def near_threshold_band(threshold: float) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from model.naming import basename
@@ -23,10 +23,14 @@ REVIEW_PAGE_ITEMS = 20
 
 
 def needs_review_section(
-    queue: ReviewQueue, gradcam: bool, page_items: int = REVIEW_PAGE_ITEMS
+    queue: ReviewQueue,
+    gradcam: bool,
+    page_items: int = REVIEW_PAGE_ITEMS,
+    link_overlay: Callable[[str], str | None] = overlay_href,
 ) -> dict[str, Any]:
     """The "Needs review" section's data: counts per reason over every scored image, and the
-    queue's first `page_items` images with their overlay links (None without Grad-CAM)."""
+    queue's first `page_items` images with their overlay links (None without Grad-CAM);
+    `link_overlay` turns a row's heatmap_path into the page's link (None: no overlay)."""
     items = []
     for rank, candidate in enumerate(queue.candidates[:page_items], start=1):
         has_overlay = gradcam and bool(candidate.heatmap_path)
@@ -41,7 +45,7 @@ def needs_review_section(
                 "patient_id": candidate.patient_id or None,
                 "patient_call": candidate.patient_call or None,
                 "true_label": candidate.true_label or None,
-                "overlay_href": overlay_href(candidate.heatmap_path) if has_overlay else None,
+                "overlay_href": link_overlay(candidate.heatmap_path) if has_overlay else None,
             }
         )
     return {

@@ -2,12 +2,13 @@
 
     python -m pipelines.score --input 'images/**' --model_dir DIR [DIR ...] --output_dir scores/ \
         [--no_gradcam] [--tta 1|2|4|8] [--batch_size 32] [--max_error_fraction 0.05] \
-        [--max_file_mb 256] [--review_limit 1000] [--overwrite] [-v] [Beam options]
+        [--max_file_mb 256] [--review_limit 1000] [--skip_scored DIR ...] [--overwrite] [-v] \
+        [Beam options]
 
-Flow (pipelines/pipeline.py): MatchImages -> ScoreImages (RunInference: read + decode +
-preprocess, one batched forward pass giving P(malignant) and Grad-CAM, overlay written in
-post-processing) -> CollectErrors -> WriteOutputs (predictions, errors, metrics, review) ->
-WriteReports (report.html, then summary.json last). Flags this module does not know
+Flow (pipelines/pipeline.py): MatchImages [-> SkipScored] -> ScoreImages (RunInference: read +
+decode + preprocess, one batched forward pass giving P(malignant) and Grad-CAM, overlay written
+in post-processing) -> CollectErrors -> WriteOutputs (predictions, errors) -> ReportScores
+(metrics, review, report.html, then summary.json last). Flags this module does not know
 (`--runner`, `--direct_num_workers`, `--project`, ...) go to Beam untouched. Several exports, or
 a cross-validation folder standing for its folds, score as one ensemble (pipelines/ensemble.py).
 """
@@ -48,8 +49,9 @@ from pipelines.launch_checks import (
 from pipelines.pipeline import ScoringConfig, build_pipeline
 from pipelines.progress import DEFAULT_INTERVAL_SECONDS, quiet_worker_logs
 from pipelines.report_writer import SUMMARY_FILE, read_summary
-from pipelines.review import DEFAULT_REVIEW_LIMIT, REVIEW_FILE
+from pipelines.review import add_review_limit_flag
 from pipelines.run_outputs import remove_outputs
+from pipelines.skip_scored import check_skip_scored
 
 logger = logging.getLogger(__name__)
 
@@ -131,18 +133,20 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         default=storage.DEFAULT_MAX_FILE_MB,
         help="an input file larger than this many MiB is an error, not read (default %(default)s)",
     )
-    parser.add_argument(
-        "--review_limit",
-        type=int,
-        default=DEFAULT_REVIEW_LIMIT,
-        help=f"list at most this many images in {REVIEW_FILE}, first to review first; 0 writes "
-        "no review file (summary.json still counts every reason) (default %(default)s)",
-    )
+    add_review_limit_flag(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="remove an earlier run's outputs from --output_dir before scoring (without it, "
         "such a folder is refused)",
+    )
+    parser.add_argument(
+        "--skip_scored",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="earlier runs' output folders (finished, same model): images in their predictions "
+        "are not scored again and are counted as already_scored; their errors are retried",
     )
     parser.add_argument(
         "--progress_interval",
@@ -192,7 +196,9 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
         args.review_limit,
         args.tta,
     )
-    check_remote_locations(runner, [*args.input, *args.model_dir, args.output_dir])
+    check_remote_locations(
+        runner, [*args.input, *args.model_dir, args.output_dir, *args.skip_scored]
+    )
     patterns = check_inputs(args.input, args.output_dir)
     ensemble = check_model_dirs(args.model_dir, gradcam=not args.no_gradcam)
     tta = default_views(ensemble, args.tta)
@@ -213,6 +219,8 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
             "has" if len(ensemble.members) == 1 else f"of {', '.join(unscaled)} has",
             "" if len(ensemble.members) == 1 else "; the members' raw maps are averaged",
         )
+    # Before check_output_dir: --skip_scored naming --output_dir is refused for what it is.
+    skip_scored = check_skip_scored(args.skip_scored, ensemble.model_id, args.output_dir)
     earlier = check_output_dir(args.output_dir, args.overwrite)
     num_shards = args.num_shards
     if num_shards is None:
@@ -235,6 +243,7 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
         expected_sizes=ensemble.expected_sizes,
         tta=tta,
         heatmap_scale=ensemble.heatmap_scale,
+        skip_scored=skip_scored,
     )
     return config, earlier
 
@@ -276,6 +285,7 @@ def launch(
         "heatmap_scale": config.heatmap_scale if config.gradcam else None,
         "heatmap_units": heatmap_units(config.members) if config.gradcam else None,
         "input": list(args.input),
+        "skip_scored": list(args.skip_scored),
         "output_dir": config.output_dir,
         "batch_size": config.batch_size,
         "max_error_fraction": args.max_error_fraction,
@@ -347,8 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_TOO_MANY_ERRORS
     if summary["failed_fraction"] > args.max_error_fraction:
         errors_csv = storage.join(output_dir, ERRORS_NAME + CSV_SUFFIX)
+        tried = summary["inputs_matched"] - summary["already_scored"]
         print(
-            f"error: {summary['failed']} of {summary['inputs_matched']} inputs failed "
+            f"error: {summary['failed']} of {tried} inputs failed "
             f"({summary['failed_fraction']:.1%} > --max_error_fraction "
             f"{args.max_error_fraction:.1%}); see {errors_csv}",
             file=sys.stderr,

@@ -12,6 +12,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 from model import storage
 from model.preprocessing import measure_image
+from pipelines import report
 from pipelines.launch_checks import LaunchError
 from pipelines.model_checks import check_model_export
 from tests.conftest import REPO_ROOT
@@ -24,8 +25,7 @@ STEP_LABELS = {
     "CollectErrors",
     "ReportProgress",
     "WriteOutputs",
-    "SummarizeRun",
-    "WriteReports",
+    "ReportScores",
 }
 
 
@@ -255,3 +255,65 @@ def test_a_gs_model_whose_card_disagrees_with_its_model_is_refused(bucket_inputs
     storage.write_text(f"{model_dir}/model_card.json", json.dumps({**card, "image_size": 64}))
     with pytest.raises(LaunchError, match="image_size 64 but model.keras takes 32 x 32 x 3"):
         check_model_export(model_dir)
+
+
+def test_incremental_gs_runs_score_each_image_once_and_report_from_gs(bucket_inputs):
+    root = bucket_inputs
+    images = storage.match(f"{root}/images/synthetic/**")
+    first = images[::2]
+    storage.write_text(f"{root}/lists/first.csv", "image_path\n" + "\n".join(first) + "\n")
+    run1, run2, out = f"{root}/inc/run1", f"{root}/inc/run2", f"{root}/inc/report"
+    model = ["--model_dir", f"{root}/model"]
+    run_scoring(["--input", f"{root}/lists/first.csv", "--output_dir", run1, *model])
+    with pytest.raises(LaunchError, match="has no summary.json"):  # a gs:// folder with no run
+        run_scoring(
+            ["--input", f"{root}/images/synthetic", "--output_dir", run2, *model]
+            + ["--skip_scored", f"{root}/inc/no-run"]
+        )
+    run_scoring(
+        ["--input", f"{root}/images/synthetic", "--output_dir", run2, *model]
+        + ["--skip_scored", run1]
+    )
+    first_rows = [row["image_path"] for row in prediction_rows(run1)]
+    second_rows = [row["image_path"] for row in prediction_rows(run2)]
+    assert sorted(first_rows) == first
+    assert sorted(first_rows + second_rows) == images  # each image scored exactly once
+    summary = read_json(f"{run2}/summary.json")
+    assert (summary["already_scored"], summary["scored"]) == (len(first), len(second_rows))
+
+    argv = ["--predictions", f"{root}/inc/run*/predictions*.csv", "--output_dir", out]
+    assert report.main(argv) == 0
+    rebuilt = read_json(f"{out}/summary.json")
+    assert [run["run_dir"] for run in rebuilt["source_runs"]] == [run1, run2]
+    assert rebuilt["scored"] == len(images)
+    assert read_json(f"{out}/metrics.json")["image_level"]["pooled"]["n"] == len(images)
+    html = storage.read_text(f"{out}/report.html")
+    overlays = storage.match(f"{out}/heatmaps/*.png")
+    assert overlays
+    for path in overlays:
+        name = path.rsplit("/", 1)[1]
+        assert f"heatmaps/{name}" in html
+        source = [f"{run}/heatmaps/{name}" for run in (run1, run2)]
+        assert storage.read_bytes(path) in [
+            storage.read_bytes(p) for p in source if storage.exists(p)
+        ]
+
+    # The same report's job graph for Dataflow, built offline.
+    dataflow = [
+        "--runner",
+        "DataflowRunner",
+        "--dry_run=True",
+        "--project",
+        "demo-project",
+        "--region",
+        "us-central1",
+        "--temp_location",
+        f"{root}/tmp",
+    ]
+    result = report.run([*argv[:-1], f"{root}/inc/dataflow", *dataflow], save_main_session=False)
+    transforms = result.job.proto_pipeline.components.transforms.values()
+    top_level = {
+        transform.unique_name for transform in transforms if "/" not in transform.unique_name
+    }
+    assert {"ReadPredictions", "ReportScores"} <= top_level
+    assert not storage.exists(f"{root}/inc/dataflow/summary.json")

@@ -12,7 +12,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from model.html_report import select_gallery
-from pipelines.report import GalleryFn
+from pipelines.report_html import GalleryFn
 from pipelines.rows import ScoredImage
 from tests.browser import broken_images, find_chromium, inspect_page
 
