@@ -249,16 +249,22 @@ def fold_by_specimen(
     Specimens of each class are dealt to the fold holding the fewest images so far (largest
     first, ties in seeded random order), so folds are balanced in images and every specimen is
     in exactly one fold. Validation specimens are then drawn from the other folds.
+
+    The partition draws from its own seeded generator and the validation draw from another, so
+    the partition is the same whichever fold is asked for: the K test sets are disjoint and
+    cover every specimen, in one process or in K.
     """
     if folds < 2 or not 0 <= fold < folds:
         raise DataError(f"--fold must be in [0, {folds}) and --folds at least 2")
     by_class = _specimens_by_class(images)
     _require_specimens(by_class, folds + 1, f"{folds}-fold cross-validation with a validation set")
-    rng = random.Random(seed)
+    partition_rng = random.Random(seed)
+    # A string seed is hashed with SHA-512, the same in every process.
+    validation_rng = random.Random(f"validation:{seed}:{folds}:{fold}")
     assignment: dict[str, str] = {}
     for counts in by_class.values():
         order = sorted(counts)
-        rng.shuffle(order)
+        partition_rng.shuffle(order)
         order.sort(key=lambda specimen: -counts[specimen])  # stable: ties keep the seeded order
         fold_images = [0] * folds
         fold_of: dict[str, int] = {}
@@ -267,7 +273,7 @@ def fold_by_specimen(
             fold_of[specimen] = target
             fold_images[target] += counts[specimen]
         rest = [specimen for specimen in sorted(counts) if fold_of[specimen] != fold]
-        rng.shuffle(rest)
+        validation_rng.shuffle(rest)
         rest_total = sum(counts[specimen] for specimen in rest)
         validation = set(_take_near(rest, counts, val_fraction * rest_total, keep=1))
         for specimen, index in fold_of.items():
