@@ -225,7 +225,8 @@ def _check_test_splits_partition(folds: Sequence[Fold]) -> None:
             if path in tested_by:
                 raise CrossValidationError(
                     f"folds {tested_by[path]} and {fold.index} both hold {path} in their test "
-                    "split: they are not folds of one cross-validation"
+                    "split: they are not folds of one cross-validation (folds trained before "
+                    "2026-11-28 could overlap on real data: retrain them with --restart)"
                 )
             tested_by[path] = fold.index
     untested = sorted(set(folds[0].split) - set(tested_by))
