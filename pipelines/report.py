@@ -33,7 +33,7 @@ from model.quality_section import quality_section
 from model.report_assets import REPORT_ASSETS_DIR, downsize
 from model.report_sections import Section, format_metric
 from pipelines.aggregates import MetricsInputs
-from pipelines.heatmaps import heatmap_name, overlay_href
+from pipelines.heatmaps import NO_HEATMAP_FILES, heatmap_name, overlay_href
 from pipelines.review import ReviewQueue
 from pipelines.review_report import needs_review_section, review_section
 from pipelines.rows import ScoredImage, ScoringError
@@ -178,6 +178,8 @@ def write_scoring_report(
         ]
     if not gradcam:
         notes.append("Run with --no_gradcam: no heatmaps, so no Grad-CAM gallery.")
+    elif summary.get("heatmap_format") == NO_HEATMAP_FILES:
+        notes.append("Run with --heatmap_format none: no overlay files, so no Grad-CAM gallery.")
     review_data = needs_review_section(review, gradcam)
     failed = int(summary.get("failed", 0))
     if failed > len(errors):
@@ -263,6 +265,7 @@ def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:
         "model_id",
         "tta",
         "heatmap_scale",
+        "heatmap_format",
         "empty_heatmaps",
         "runner",
         "direct_num_workers",

@@ -73,7 +73,7 @@ def test_gs_inputs_model_and_outputs_share_the_local_code_path(bucket_inputs, sc
     assert all(row["image_path"].startswith(f"{root}/images/") for row in rows + errors)
     assert sum(1 for row in rows if row["true_label"]) == len(scoring_inputs.labelled)
 
-    heatmaps = storage.match(f"{output_dir}/heatmaps/*.png")
+    heatmaps = storage.match(f"{output_dir}/heatmaps/*.jpg")  # the default format
     assert sorted(heatmaps) == sorted(row["heatmap_path"] for row in rows)
     summary = read_json(f"{output_dir}/summary.json")
     assert summary["inputs_matched"] == summary["scored"] + summary["failed"] == len(rows + errors)
@@ -217,7 +217,8 @@ def test_a_gs_rerun_needs_overwrite_which_removes_only_the_scorers_files(
     root = bucket_inputs
     output_dir = f"{root}/rerun"
     model = ["--model_dir", f"{root}/model", "--max_error_fraction", "1"]
-    run_scoring(["--input", f"{root}/images/synthetic", "--output_dir", output_dir, *model])
+    first = ["--input", f"{root}/images/synthetic", "--output_dir", output_dir, *model]
+    run_scoring([*first, "--heatmap_format", "png"])
     assert len(storage.match(f"{output_dir}/heatmaps/*.png")) == len(scoring_inputs.labelled)
     user_files = {f"{output_dir}/notes.txt": "mine", f"{output_dir}/heatmaps/mine.png": "mine"}
     for path, text in user_files.items():
