@@ -224,6 +224,14 @@ def main() -> None:
     for name, cpu_ms in outside.items():
         size = f", {sizes[name] / 1024:.0f} KB per file" if name in sizes else ""
         print(f"  {name:6s} {cpu_ms:7.2f} ms{size}")
+    jpeg_vs_png = {
+        "encode_cpu": cpu("encode jpeg") / cpu("encode png"),
+        "bytes": sizes["jpeg"] / sizes["png"],
+    }
+    print(
+        f"JPEG / PNG: {jpeg_vs_png['encode_cpu']:.3f}x the encoding CPU time, "
+        f"{jpeg_vs_png['bytes']:.3f}x the bytes per file"
+    )
     if baseline:
         revision = args.baseline_revision
         old = cpu(f"{revision}: overlay", f"{revision}: encode png")
@@ -242,6 +250,7 @@ def main() -> None:
         "steps_ms_per_image": {n: {"cpu": c, "wall": w} for n, (c, w) in steps.items()},
         "cpu_ms_outside_network_by_heatmap_format": outside,
         "bytes_per_overlay_file": sizes,
+        "jpeg_vs_png": jpeg_vs_png,
         "baseline": baseline or None,
         "python": sys.version.split()[0],
     }

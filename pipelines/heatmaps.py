@@ -54,7 +54,8 @@ def heatmap_name(image_path: str, image_format: str = "png") -> str:
 
     The hash makes equal file names in different folders distinct; the name has no separators
     and no leading dot, so it cannot leave the heatmap folder or hide in it. The extension is
-    image_format's (one of OVERLAY_FORMATS).
+    image_format's (one of OVERLAY_FORMATS; "png" by default, the format of the report's copies
+    of the originals, which are named the same way).
     """
     name = basename(image_path)
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
