@@ -1,10 +1,11 @@
-"""Grad-CAM maps made visible: their peaks, the shared display scale, and the overlay PNG.
+"""Grad-CAM maps made visible: their peaks, the shared display scale, the overlay and its file.
 
 NumPy and Pillow only (no TensorFlow), so the writers of overlays and reports need not load it.
 A raw map (`model.gradcam`) is divided by a scale shared across images (`scale_heatmap`; the
 model card's `heatmap_scale`, the HEATMAP_SCALE_PERCENTILE of the validation split's map
 peaks), coloured with the jet colour map, and blended onto the tissue with an opacity that
-rises with the evidence (`overlay_heatmap`): tissue without evidence is shown as it is.
+rises with the evidence (`overlay_heatmap`): tissue without evidence is shown as it is. An
+overlay is written as JPEG or PNG (`encode_overlay`, OVERLAY_FORMATS).
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ JET_LUT: np.ndarray = np.round(colormaps["jet"](np.arange(256))[:, :3] * 255.0).
 # The overlay's opacity where the scaled map is 1 (evidence at or above the shared scale); it
 # falls in proportion to the map, so tissue without evidence is shown as it is.
 HEATMAP_MAX_ALPHA = 0.5
+# Overlay file formats and their file name extensions. JPEG at quality 90 encodes a 700x460
+# overlay in about 1 ms of CPU for files a seventh of PNG's size; PNG at level 1 takes about
+# 25 ms (benchmarks/scoring_profile.py). PNG stays available for lossless overlays.
+OVERLAY_FORMATS: dict[str, str] = {"jpeg": "jpg", "png": "png"}
+JPEG_QUALITY = 90
+PNG_COMPRESS_LEVEL = 1
 
 
 def heatmap_peaks(heatmaps: np.ndarray) -> np.ndarray:
@@ -74,14 +81,39 @@ def overlay_heatmap(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     height, width = image.shape[:2]
     heat = upsample_heatmap(np.nan_to_num(heatmap, nan=0.0), width, height)
-    colour = JET_LUT[np.round(heat * 255.0).astype(np.uint8)].astype(np.float32)
-    pixels = image.astype(np.float32)
-    blended = pixels + (alpha * heat)[..., None] * (colour - pixels)
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    # pixel + opacity x (colour - pixel), in float32, computed in place: the same operations in
+    # the same order as the plain expression (identical pixels), without its five temporary
+    # full-size arrays, which cost three quarters of the overlay's time. np.take, not fancy
+    # indexing, for the colour lookup: several times faster for the same result.
+    blended = np.take(JET_LUT, np.round(heat * 255.0).astype(np.uint8), axis=0).astype(np.float32)
+    blended -= image
+    blended *= (alpha * heat)[..., None]
+    blended += image
+    # A convex combination of two values in [0, 255] (opacity in [0, 1]) rounds into [0, 255]:
+    # no clipping is needed before the cast.
+    return np.round(blended, out=blended).astype(np.uint8)
 
 
-def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
+def encode_png(image: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
     """PNG bytes of a uint8 image; level 1 is several times faster than PIL's default 6."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """JPEG bytes of a uint8 RGB image (PIL's default 4:2:0 chroma subsampling)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def encode_overlay(image: np.ndarray, image_format: str) -> bytes:
+    """An overlay's file bytes in one of OVERLAY_FORMATS ("jpeg" or "png")."""
+    if image_format == "jpeg":
+        return encode_jpeg(image)
+    if image_format == "png":
+        return encode_png(image)
+    raise ValueError(
+        f"overlay format must be one of {', '.join(OVERLAY_FORMATS)}, got {image_format!r}"
+    )

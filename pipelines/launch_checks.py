@@ -56,6 +56,12 @@ def check_review_limit(review_limit: int) -> None:
         raise LaunchError(f"--review_limit must be 0 (no review file) or more, got {review_limit}")
 
 
+def check_model_copies(model_copies: int | None) -> None:
+    """--model_copies, when given, is at least 1 (None: Beam's default, one per process)."""
+    if model_copies is not None and model_copies < 1:
+        raise LaunchError(f"--model_copies must be at least 1, got {model_copies}")
+
+
 def check_inputs(patterns: Sequence[str], output_dir: str) -> list[str]:
     """Normalised patterns, each checked to match at least one image (or to be a manifest).
 

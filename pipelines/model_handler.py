@@ -16,6 +16,14 @@ Several exports (`pipelines.ensemble`) are scored by `EnsembleModelHandler`: eve
 loaded once per worker process, and each chunk of images goes through one batched pass per
 member (all views of its images); the members' view logits and maps are combined by the rules of
 `pipelines.ensemble`. One export is always scored by `GradCamModelHandler`, as before ensembles.
+
+Before a worker process loads a model, TensorFlow's GPU memory growth is turned on
+(`pipelines.worker_devices`), so the several SDK processes of a GPU VM can share its GPU. With
+`--model_copies N` the handlers ask Beam to load exactly N copies per machine, shared by all its
+processes (Beam's `model_copies`; 1 is its `large_model`): the loaded models then live in a
+process of their own and RunInference reaches them through Beam's proxy, which forwards method
+calls only, so a batch is scored by calling the loaded object's `score` method, never by reading
+its fields.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,9 +42,9 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from model import storage
 from model.preprocessing import OVERLAY_MAX_SIDE, prepare_measured_image
 from model.quality import QualityMeasures, SizeRange
-from model.tensorflow_runtime import load_tensorflow
 from pipelines.ensemble import Member, combine_heatmaps, combine_logits, ensemble_model_id
-from pipelines.heatmaps import prediction_row
+from pipelines.heatmaps import DEFAULT_HEATMAP_FORMAT, prediction_row, writes_heatmap_files
+from pipelines.worker_devices import enable_gpu_memory_growth
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +93,38 @@ class LoadedScorer:
     # keras.Model mapping input -> logit: test-time views without Grad-CAM, else None
     logit_model: Any | None = None
 
+    def scored_model_id(self) -> str:
+        """The model id the results are reported under (a method: see the module docstring)."""
+        return self.model_id
+
+    def score(self, images: np.ndarray, tta: int) -> list[ImageScore]:
+        """The scores of one forward pass over every one of the tta views of images."""
+        from model.gradcam import predict_with_gradcam
+        from model.overlay import heatmap_peaks
+        from model.tta import predict_with_tta
+
+        if self.grad_model is not None:
+            result = predict_with_gradcam(self.grad_model, images, tta=tta)
+            return [
+                ImageScore(float(p), heatmap, float(spread), float(peak))
+                for p, spread, heatmap, peak in zip(
+                    result.p_malignant,
+                    result.p_std,
+                    result.heatmaps,
+                    heatmap_peaks(result.heatmaps),
+                    strict=True,
+                )
+            ]
+        if tta == 1:  # the classifier's own output, as before test-time views
+            probabilities = np.asarray(self.model.predict_on_batch(images)).reshape(-1)
+            spreads = np.zeros_like(probabilities)
+        else:
+            probabilities, spreads = predict_with_tta(self.logit_model, images, tta)
+        return [
+            ImageScore(float(p), None, float(spread))
+            for p, spread in zip(probabilities, spreads, strict=True)
+        ]
+
 
 def load_scorer(
     model_dir: str,
@@ -96,7 +136,7 @@ def load_scorer(
     """One export loaded for scoring: its Grad-CAM model (with gradcam), else its logit model
     when `logits` (test-time views, or an ensemble's member); layer names default to the card's.
     """
-    load_tensorflow()
+    enable_gpu_memory_growth()  # before the first model of the process touches a GPU
     from model.gradcam import gradcam_model
     from model.model_card import load_exported_model
     from model.tta import logit_model
@@ -136,10 +176,14 @@ class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedSc
         last_conv_layer: str | None = None,
         logit_layer: str | None = None,
         tta: int = 1,
+        model_copies: int | None = None,
     ):
         # Fixed-size batches of images (the last of a bundle may be smaller): the traced
         # functions accept any batch size, and equal sizes keep throughput predictable.
-        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        # model_copies None: one model per worker process (Beam's default).
+        super().__init__(
+            min_batch_size=batch_size, max_batch_size=batch_size, model_copies=model_copies
+        )
         self._model_dir = model_dir
         self._batch_size = batch_size
         self._tta = tta
@@ -165,37 +209,7 @@ class GradCamModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedSc
     ) -> Iterable[PredictionResult]:
         """Score a batch: one forward pass (under a gradient tape with Grad-CAM) per chunk of
         images whose views fit in --batch_size, each image's views in the same pass."""
-        return _scored_in_passes(
-            batch, model.model_id, self._batch_size, self._tta, lambda x: self._score(x, model)
-        )
-
-    def _score(self, images: np.ndarray, model: LoadedScorer) -> list[ImageScore]:
-        """The scores of one forward pass over every view of images."""
-        from model.gradcam import predict_with_gradcam
-        from model.overlay import heatmap_peaks
-        from model.tta import predict_with_tta
-
-        if model.grad_model is not None:
-            result = predict_with_gradcam(model.grad_model, images, tta=self._tta)
-            return [
-                ImageScore(float(p), heatmap, float(spread), float(peak))
-                for p, spread, heatmap, peak in zip(
-                    result.p_malignant,
-                    result.p_std,
-                    result.heatmaps,
-                    heatmap_peaks(result.heatmaps),
-                    strict=True,
-                )
-            ]
-        if self._tta == 1:  # the classifier's own output, as before test-time views
-            probabilities = np.asarray(model.model.predict_on_batch(images)).reshape(-1)
-            spreads = np.zeros_like(probabilities)
-        else:
-            probabilities, spreads = predict_with_tta(model.logit_model, images, self._tta)
-        return [
-            ImageScore(float(p), None, float(spread))
-            for p, spread in zip(probabilities, spreads, strict=True)
-        ]
+        return _scored_in_passes(batch, model, self._batch_size, self._tta)
 
     def get_num_bytes(self, batch: Sequence[PreparedImage]) -> int:
         """Array bytes of the batch (the default pickles it, which costs as much as scoring)."""
@@ -212,6 +226,48 @@ class LoadedEnsemble:
 
     members: tuple[LoadedScorer, ...]
     model_id: str  # the ensemble's (pipelines.ensemble.ensemble_model_id)
+    heatmap_scales: tuple[float | None, ...]  # each member's card's, in member order
+
+    def scored_model_id(self) -> str:
+        """The model id the results are reported under (a method: see the module docstring)."""
+        return self.model_id
+
+    def score(self, images: np.ndarray, tta: int) -> list[ImageScore]:
+        """The ensemble's scores of images: each member's pass over the tta views, combined."""
+        from model.gradcam import predict_view_logits_with_gradcam
+        from model.overlay import heatmap_peaks
+        from model.tta import predict_view_logits
+
+        view_logits, maps = [], []
+        for member in self.members:
+            if member.grad_model is not None:
+                logits, heatmaps = predict_view_logits_with_gradcam(
+                    member.grad_model, images, tta=tta
+                )
+                view_logits.append(logits)
+                maps.append(heatmaps)
+            else:
+                view_logits.append(predict_view_logits(member.logit_model, images, tta))
+        combined = combine_logits(np.stack(view_logits))
+        if not maps:
+            return [
+                ImageScore(float(p), None, float(spread), None, float(disagreement))
+                for p, spread, disagreement in zip(
+                    combined.p_malignant, combined.p_std, combined.member_std, strict=True
+                )
+            ]
+        heatmaps = combine_heatmaps(maps, list(self.heatmap_scales))
+        return [
+            ImageScore(float(p), heatmap, float(spread), float(peak), float(disagreement))
+            for p, spread, heatmap, peak, disagreement in zip(
+                combined.p_malignant,
+                combined.p_std,
+                heatmaps,
+                heatmap_peaks(heatmaps),
+                combined.member_std,
+                strict=True,
+            )
+        ]
 
 
 class EnsembleModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedEnsemble]):
@@ -228,10 +284,13 @@ class EnsembleModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedE
         gradcam: bool = True,
         batch_size: int = 32,
         tta: int = 1,
+        model_copies: int | None = None,
     ):
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
-        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        super().__init__(
+            min_batch_size=batch_size, max_batch_size=batch_size, model_copies=model_copies
+        )
         self._members = tuple(members)
         self._batch_size = batch_size
         self._tta = tta
@@ -253,7 +312,11 @@ class EnsembleModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedE
         logger.info(
             "Worker process %d holds ensemble %s of %d models", os.getpid(), model_id, len(loaded)
         )
-        return LoadedEnsemble(members=loaded, model_id=model_id)
+        return LoadedEnsemble(
+            members=loaded,
+            model_id=model_id,
+            heatmap_scales=tuple(member.heatmap_scale for member in self._members),
+        )
 
     def run_inference(
         self,
@@ -263,46 +326,7 @@ class EnsembleModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedE
     ) -> Iterable[PredictionResult]:
         """Score a batch: per chunk of images whose views fit in --batch_size, one pass per
         member (under a gradient tape with Grad-CAM), then the members' answers combined."""
-        return _scored_in_passes(
-            batch, model.model_id, self._batch_size, self._tta, lambda x: self._score(x, model)
-        )
-
-    def _score(self, images: np.ndarray, model: LoadedEnsemble) -> list[ImageScore]:
-        """The ensemble's scores of images: each member's pass, combined."""
-        from model.gradcam import predict_view_logits_with_gradcam
-        from model.overlay import heatmap_peaks
-        from model.tta import predict_view_logits
-
-        view_logits, maps = [], []
-        for member in model.members:
-            if member.grad_model is not None:
-                logits, heatmaps = predict_view_logits_with_gradcam(
-                    member.grad_model, images, tta=self._tta
-                )
-                view_logits.append(logits)
-                maps.append(heatmaps)
-            else:
-                view_logits.append(predict_view_logits(member.logit_model, images, self._tta))
-        combined = combine_logits(np.stack(view_logits))
-        if not maps:
-            return [
-                ImageScore(float(p), None, float(spread), None, float(disagreement))
-                for p, spread, disagreement in zip(
-                    combined.p_malignant, combined.p_std, combined.member_std, strict=True
-                )
-            ]
-        heatmaps = combine_heatmaps(maps, [member.heatmap_scale for member in self._members])
-        return [
-            ImageScore(float(p), heatmap, float(spread), float(peak), float(disagreement))
-            for p, spread, heatmap, peak, disagreement in zip(
-                combined.p_malignant,
-                combined.p_std,
-                heatmaps,
-                heatmap_peaks(heatmaps),
-                combined.member_std,
-                strict=True,
-            )
-        ]
+        return _scored_in_passes(batch, model, self._batch_size, self._tta)
 
     def get_num_bytes(self, batch: Sequence[PreparedImage]) -> int:
         """Array bytes of the batch (the default pickles it, which costs as much as scoring)."""
@@ -315,19 +339,21 @@ class EnsembleModelHandler(ModelHandler[PreparedImage, PredictionResult, LoadedE
 
 def _scored_in_passes(
     batch: Sequence[PreparedImage],
-    model_id: str,
+    model: LoadedScorer | LoadedEnsemble,
     batch_size: int,
     tta: int,
-    score: Callable[[np.ndarray], list[ImageScore]],
 ) -> list[PredictionResult]:
-    """The batch's results, `score` called once per chunk of images whose views fit in
+    """The batch's results, `model.score` called once per chunk of images whose views fit in
     batch_size (`model.tta.images_per_pass`), so a pass's memory does not grow with tta."""
     from model.tta import images_per_pass
 
     step = images_per_pass(batch_size, tta)
     scores: list[ImageScore] = []
     for start in range(0, len(batch), step):
-        scores += score(np.stack([item.model_input for item in batch[start : start + step]]))
+        scores += model.score(
+            np.stack([item.model_input for item in batch[start : start + step]]), tta
+        )
+    model_id = model.scored_model_id()
     return [
         PredictionResult(item, result, model_id) for item, result in zip(batch, scores, strict=True)
     ]
@@ -341,9 +367,16 @@ def _array_bytes(batch: Sequence[PreparedImage]) -> int:
 
 
 def scoring_handler(
-    members: Sequence[Member], gradcam: bool = True, batch_size: int = 32, tta: int = 1
+    members: Sequence[Member],
+    gradcam: bool = True,
+    batch_size: int = 32,
+    tta: int = 1,
+    model_copies: int | None = None,
 ) -> ModelHandler:
-    """The handler for a run's members: the single-model handler for one, else the ensemble's."""
+    """The handler for a run's members: the single-model handler for one, else the ensemble's.
+
+    model_copies: models loaded per machine and shared by its processes (None: one per process).
+    """
     if len(members) == 1:
         (member,) = members
         return GradCamModelHandler(
@@ -353,8 +386,11 @@ def scoring_handler(
             last_conv_layer=member.last_conv_layer,
             logit_layer=member.logit_layer,
             tta=tta,
+            model_copies=model_copies,
         )
-    return EnsembleModelHandler(members, gradcam=gradcam, batch_size=batch_size, tta=tta)
+    return EnsembleModelHandler(
+        members, gradcam=gradcam, batch_size=batch_size, tta=tta, model_copies=model_copies
+    )
 
 
 def keyed_scoring_handler(
@@ -370,6 +406,8 @@ def keyed_scoring_handler(
     expected_sizes: SizeRange | None = None,
     tta: int = 1,
     heatmap_scale: float | None = None,
+    heatmap_format: str = DEFAULT_HEATMAP_FORMAT,
+    model_copies: int | None = None,
 ) -> ModelHandler:
     """Path -> ScoredImage: reads in preprocessing, writes the overlay in post-processing.
 
@@ -377,7 +415,9 @@ def keyed_scoring_handler(
     or the run's members (`pipelines.ensemble.Member`; one member is that export alone).
     expected_sizes: the training images' size range from the model card, for the
     unexpected_size flag (None: no size check). heatmap_scale is the model card's shared
-    Grad-CAM scale (None: each map by its own peak).
+    Grad-CAM scale (None: each map by its own peak). heatmap_format: the overlay files'
+    (`pipelines.heatmaps.HEATMAP_FORMATS`; "none" keeps no original and writes no file).
+    model_copies: models per machine shared by its processes (None: one per worker process).
     """
     if isinstance(model, str):
         scorer = GradCamModelHandler(
@@ -387,13 +427,19 @@ def keyed_scoring_handler(
             last_conv_layer=last_conv_layer,
             logit_layer=logit_layer,
             tta=tta,
+            model_copies=model_copies,
         )
     else:
-        scorer = scoring_handler(model, gradcam=gradcam, batch_size=batch_size, tta=tta)
+        scorer = scoring_handler(
+            model, gradcam=gradcam, batch_size=batch_size, tta=tta, model_copies=model_copies
+        )
     handler = KeyedModelHandler(scorer)
     return handler.with_preprocess_fn(
         functools.partial(
-            read_and_prepare, image_size=image_size, keep_original=gradcam, max_bytes=max_bytes
+            read_and_prepare,
+            image_size=image_size,
+            keep_original=gradcam and writes_heatmap_files(heatmap_format),
+            max_bytes=max_bytes,
         )
     ).with_postprocess_fn(
         functools.partial(
@@ -402,5 +448,6 @@ def keyed_scoring_handler(
             threshold=threshold,
             expected_sizes=expected_sizes,
             heatmap_scale=heatmap_scale,
+            heatmap_format=heatmap_format,
         )
     )

@@ -30,7 +30,7 @@ from pipelines.dead_letters import (
     errors_for_batch,
 )
 from pipelines.ensemble import Member
-from pipelines.heatmaps import HEATMAP_DIR
+from pipelines.heatmaps import DEFAULT_HEATMAP_FORMAT, HEATMAP_DIR
 from pipelines.inputs import EXCLUDED_TAG, IMAGES_TAG, INVALID_NAMES_TAG, SKIPPED_TAG, MatchImages
 from pipelines.model_handler import keyed_scoring_handler
 from pipelines.prediction_files import PredictionsFile
@@ -63,6 +63,8 @@ class ScoringConfig:
     tta: int = 1  # test-time views per image (model.tta)
     # The maps' display scale (pipelines.ensemble.Ensemble.heatmap_scale), None: per image
     heatmap_scale: float | None = None
+    heatmap_format: str = DEFAULT_HEATMAP_FORMAT  # pipelines.heatmaps.HEATMAP_FORMATS
+    model_copies: int | None = None  # models per machine shared by its processes; None: per process
     # --skip_scored: the earlier runs' predictions files; their images are not scored again
     skip_scored: tuple[PredictionsFile, ...] = ()
 
@@ -105,6 +107,8 @@ class ScoreImages(beam.PTransform):
             expected_sizes=config.expected_sizes,
             tta=config.tta,
             heatmap_scale=config.heatmap_scale,
+            heatmap_format=config.heatmap_format,
+            model_copies=config.model_copies,
         )
         waiting = paths | "AwaitMatchCount" >> beam.Map(
             lambda path, _: path, AsSingleton(self._matched)

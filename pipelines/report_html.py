@@ -38,7 +38,7 @@ from model.quality_section import quality_section
 from model.report_assets import REPORT_ASSETS_DIR, downsize
 from model.report_sections import Section, format_metric
 from pipelines.aggregates import MetricsInputs
-from pipelines.heatmaps import HEATMAP_DIR, heatmap_name, overlay_href
+from pipelines.heatmaps import HEATMAP_DIR, NO_HEATMAP_FILES, heatmap_name, overlay_href
 from pipelines.report_writer import PATIENTS_FILE, REPORT_KIND
 from pipelines.review import ReviewQueue
 from pipelines.review_report import needs_review_section, review_section
@@ -264,6 +264,8 @@ def _notes(
         )
     if not gradcam:
         notes.append("Run with --no_gradcam: no heatmaps, so no Grad-CAM gallery.")
+    elif summary.get("heatmap_format") == NO_HEATMAP_FILES:
+        notes.append("Run with --heatmap_format none: no overlay files, so no Grad-CAM gallery.")
     failed = int(summary.get("failed", 0))
     if errors is not None and failed > len(errors):
         notes.append(f"The error table shows {len(errors)} of {failed} errors; see errors.csv.")
@@ -333,6 +335,7 @@ def _summary_rows(summary: Mapping[str, Any]) -> dict[str, Any]:
         "scoring_thresholds",
         "tta",
         "heatmap_scale",
+        "heatmap_format",
         "empty_heatmaps",
         "runner",
         "direct_num_workers",

@@ -1,8 +1,9 @@
 """Batch-score histopathology images with a training export, on any Beam runner.
 
     python -m pipelines.score --input 'images/**' --model_dir DIR [DIR ...] --output_dir scores/ \
-        [--no_gradcam] [--tta 1|2|4|8] [--batch_size 32] [--max_error_fraction 0.05] \
-        [--max_file_mb 256] [--review_limit 1000] [--skip_scored DIR ...] [--overwrite] [-v] \
+        [--no_gradcam] [--heatmap_format jpeg|png|none] [--tta 1|2|4|8] [--batch_size 32] \
+        [--max_error_fraction 0.05] [--max_file_mb 256] [--review_limit 1000] \
+        [--skip_scored DIR ...] [--model_copies N] [--overwrite] [-v] \
         [Beam options]
 
 Flow (pipelines/pipeline.py): MatchImages [-> SkipScored] -> ScoreImages (RunInference: read +
@@ -39,10 +40,12 @@ from model.tensorflow_runtime import set_verbosity
 from pipelines.csv_output import CSV_SUFFIX, ERRORS_NAME
 from pipelines.ensemble import heatmap_units, threshold_rule
 from pipelines.ensemble_checks import check_model_dirs, default_views
+from pipelines.heatmaps import DEFAULT_HEATMAP_FORMAT, HEATMAP_FORMATS
 from pipelines.launch_checks import (
     LaunchError,
     check_flags,
     check_inputs,
+    check_model_copies,
     check_output_dir,
     check_remote_locations,
 )
@@ -99,6 +102,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "--no_gradcam", action="store_true", help="score only; no heatmaps (faster)"
     )
     parser.add_argument(
+        "--heatmap_format",
+        choices=HEATMAP_FORMATS,
+        default=DEFAULT_HEATMAP_FORMAT,
+        help="Grad-CAM overlay files under heatmaps/: jpeg (quality 90, the default: a fraction "
+        "of PNG's encoding time and size), png (lossless, level 1) or none (no files; the map's "
+        "heatmap_peak is still in the CSV) (default %(default)s)",
+    )
+    parser.add_argument(
         "--tta",
         type=int,
         default=None,
@@ -134,6 +145,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         help="an input file larger than this many MiB is an error, not read (default %(default)s)",
     )
     add_review_limit_flag(parser)
+    parser.add_argument(
+        "--model_copies",
+        type=int,
+        default=None,
+        help="load exactly N copies of the model per worker machine, shared by all its SDK "
+        "processes (Beam's model_copies; 1 is Beam's large_model), e.g. 1 or 2 on a GPU VM "
+        "whose processes would otherwise each load one; default: one per process",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -196,6 +215,7 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
         args.review_limit,
         args.tta,
     )
+    check_model_copies(args.model_copies)
     check_remote_locations(
         runner, [*args.input, *args.model_dir, args.output_dir, *args.skip_scored]
     )
@@ -244,6 +264,8 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
         tta=tta,
         heatmap_scale=ensemble.heatmap_scale,
         skip_scored=skip_scored,
+        heatmap_format=args.heatmap_format,
+        model_copies=args.model_copies,
     )
     return config, earlier
 
@@ -284,10 +306,12 @@ def launch(
         "tta": config.tta,
         "heatmap_scale": config.heatmap_scale if config.gradcam else None,
         "heatmap_units": heatmap_units(config.members) if config.gradcam else None,
+        "heatmap_format": config.heatmap_format if config.gradcam else None,
         "input": list(args.input),
         "skip_scored": list(args.skip_scored),
         "output_dir": config.output_dir,
         "batch_size": config.batch_size,
+        "model_copies": config.model_copies,
         "max_error_fraction": args.max_error_fraction,
         "max_file_mb": args.max_file_mb,
         "expected_image_sizes": (

@@ -81,3 +81,50 @@ def test_encode_png_round_trips_pixels():
         with Image.open(io.BytesIO(data)) as decoded:
             assert decoded.mode == "RGB"
             np.testing.assert_array_equal(np.asarray(decoded), image)
+
+
+def _plain_blend(image: np.ndarray, heatmap: np.ndarray, alpha: float) -> np.ndarray:
+    """The overlay as one plain float32 expression (the drawing before it was made faster)."""
+    heat = overlay.upsample_heatmap(heatmap, image.shape[1], image.shape[0])
+    colour = overlay.JET_LUT[np.round(heat * 255.0).astype(np.uint8)].astype(np.float32)
+    pixels = image.astype(np.float32)
+    blended = pixels + (alpha * heat)[..., None] * (colour - pixels)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def test_the_overlay_has_exactly_the_pixels_of_the_plain_blend():
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, (46, 70, 3), dtype=np.uint8)
+    image[:3] = 0  # the extremes of the pixel range
+    image[-3:] = 255
+    maps = [
+        rng.uniform(0, 1, (8, 8)).astype(np.float32),
+        np.ones((4, 4), np.float32),
+        np.zeros((4, 4), np.float32),
+        np.array([[0.0, 1.0], [1.0, 0.0]], np.float32),
+    ]
+    for heatmap in maps:
+        for alpha in (0.0, 0.25, overlay.HEATMAP_MAX_ALPHA, 1.0):
+            np.testing.assert_array_equal(
+                overlay.overlay_heatmap(image, heatmap, alpha), _plain_blend(image, heatmap, alpha)
+            )
+
+
+def test_each_overlay_format_encodes_the_overlay_it_names():
+    image = np.random.default_rng(12).integers(0, 256, (46, 70, 3), dtype=np.uint8)
+    smooth = np.repeat(np.linspace(0, 255, 70, dtype=np.uint8)[None, :, None], 46, axis=0)
+    smooth = np.repeat(smooth, 3, axis=2)
+    magic = {"png": b"\x89PNG", "jpeg": b"\xff\xd8\xff"}
+    assert set(overlay.OVERLAY_FORMATS) == set(magic)
+    for image_format, start in magic.items():
+        for pixels in (image, smooth):
+            data = overlay.encode_overlay(pixels, image_format)
+            assert data.startswith(start)
+            with Image.open(io.BytesIO(data)) as decoded:
+                decoded_pixels = np.asarray(decoded.convert("RGB")).astype(int)
+            if image_format == "png":
+                np.testing.assert_array_equal(decoded_pixels, pixels)
+            elif pixels is smooth:  # JPEG is lossy, but close on smooth content
+                assert np.abs(decoded_pixels - pixels).mean() < 2
+    with pytest.raises(ValueError, match="overlay format must be one of jpeg, png, got 'gif'"):
+        overlay.encode_overlay(image, "gif")

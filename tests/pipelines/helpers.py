@@ -241,3 +241,35 @@ def assert_review_queue(output_dir: str, limit: int) -> dict[str, Any]:
     assert [row["heatmap_path"] for row in rows] == [c.heatmap_path for c in expected]
     assert [row["patient_call"] for row in rows] == [c.patient_call for c in expected]
     return review
+
+
+# JPEG at the scorer's quality 90 keeps the synthetic 96x64 test tiles (noisy, so hard to
+# compress) at 29-37 dB PSNR, real BreakHis overlays at about 40 dB; a different overlay (the
+# map on another scale, or no map) is far below this.
+JPEG_MIN_PSNR_DB = 27.0
+
+
+def overlay_file_pixels(path: str) -> tuple[np.ndarray, str]:
+    """(RGB pixels, PIL format name) of an overlay file, local or gs://."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
+        return np.asarray(image.convert("RGB")), image.format
+
+
+def psnr_db(decoded: np.ndarray, expected: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of decoded against expected uint8 pixels (inf when equal)."""
+    error = np.mean((decoded.astype(np.float64) - expected.astype(np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
+
+
+def assert_overlay_file_shows(path: str, expected: np.ndarray) -> None:
+    """The overlay file holds the expected overlay: a PNG exactly, a JPEG within its loss."""
+    decoded, image_format = overlay_file_pixels(path)
+    assert decoded.shape == expected.shape, (path, decoded.shape, expected.shape)
+    extension = path.rsplit(".", 1)[-1]
+    assert (image_format, extension) in {("PNG", "png"), ("JPEG", "jpg")}, (path, image_format)
+    if image_format == "PNG":
+        np.testing.assert_array_equal(decoded, expected, err_msg=path)
+    else:
+        assert psnr_db(decoded, expected) >= JPEG_MIN_PSNR_DB, (path, psnr_db(decoded, expected))

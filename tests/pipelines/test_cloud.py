@@ -73,7 +73,7 @@ def test_gs_inputs_model_and_outputs_share_the_local_code_path(bucket_inputs, sc
     assert all(row["image_path"].startswith(f"{root}/images/") for row in rows + errors)
     assert sum(1 for row in rows if row["true_label"]) == len(scoring_inputs.labelled)
 
-    heatmaps = storage.match(f"{output_dir}/heatmaps/*.png")
+    heatmaps = storage.match(f"{output_dir}/heatmaps/*.jpg")  # the default format
     assert sorted(heatmaps) == sorted(row["heatmap_path"] for row in rows)
     summary = read_json(f"{output_dir}/summary.json")
     assert summary["inputs_matched"] == summary["scored"] + summary["failed"] == len(rows + errors)
@@ -175,40 +175,80 @@ def test_dataflow_job_graph_builds_offline_and_stages_the_packages(bucket_inputs
         assert pathlib.PurePosixPath(module) in members, module
 
 
-def test_dataflow_gpu_job_uses_the_custom_container_and_accelerator(bucket_inputs):
-    # The flags of the README's GPU command.
-    image = "us-central1-docker.pkg.dev/my-project/my-repo/breakhis-scoring:gpu"
-    service_option = "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+GPU_IMAGE = "us-central1-docker.pkg.dev/my-project/my-repo/breakhis-scoring:gpu"
+GPU_FLAGS = [
+    "--batch_size",
+    "128",
+    "--sdk_container_image",
+    GPU_IMAGE,
+    "--sdk_location",
+    "container",
+    "--experiments",
+    "use_runner_v2",
+    "--machine_type",
+    "n1-standard-8",
+    "--max_num_workers",
+    "4",
+]
+
+
+@pytest.mark.parametrize(
+    ("service_option", "scorer_flags"),
+    [
+        # The README's GPU commands: one SDK process per vCPU, each with its own model on the
+        # shared GPU through NVIDIA MPS; or the processes sharing one model copy.
+        (
+            "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver;use_nvidia_mps",
+            [],
+        ),
+        (
+            "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver",
+            ["--model_copies", "1"],
+        ),
+    ],
+)
+def test_dataflow_gpu_job_uses_the_custom_container_and_accelerator(
+    bucket_inputs, service_option, scorer_flags
+):
     result = run_scoring(
         _dataflow_argv(
             bucket_inputs,
-            "--batch_size",
-            "128",
-            "--sdk_container_image",
-            image,
-            "--sdk_location",
-            "container",
+            *GPU_FLAGS,
             "--dataflow_service_options",
             service_option,
-            "--experiments",
-            "use_runner_v2",
-            "--experiments",
-            "no_use_multiple_sdk_containers",
-            "--machine_type",
-            "n1-standard-8",
-            "--max_num_workers",
-            "4",
+            *scorer_flags,
         )
     )
     environment = _environment(result)
     payload = beam_runner_api_pb2.DockerPayload.FromString(environment.payload)
-    assert payload.container_image == image
+    assert payload.container_image == GPU_IMAGE
     staged = [dependency.role_payload for dependency in environment.dependencies]
     assert not any(b"workflow.tar.gz" in name for name in staged)  # the code is in the image
     options = result.job.options.get_all_options()
     assert options["dataflow_service_options"] == [service_option]
-    assert {"use_runner_v2", "no_use_multiple_sdk_containers"} <= set(options["experiments"])
+    # Several SDK processes per VM (Dataflow's default): decoding and overlays use every vCPU.
+    assert options["experiments"] is not None and "use_runner_v2" in options["experiments"]
+    assert "no_use_multiple_sdk_containers" not in options["experiments"]
     assert (options["machine_type"], options["max_num_workers"]) == ("n1-standard-8", 4)
+    # The job's RunInference step carries the scorer's model sharing.
+    handler = _run_inference_handler(result)
+    assert handler.share_model_across_processes() == bool(scorer_flags)
+    assert handler.model_copies() == (int(scorer_flags[1]) if scorer_flags else 1)
+
+
+def _run_inference_handler(result):
+    """The model handler inside the job graph's RunInference step, unpickled as workers do."""
+    from apache_beam.internal import pickler
+
+    (transform,) = [
+        transform
+        for transform in result.job.proto_pipeline.components.transforms.values()
+        if transform.unique_name.endswith("/ParDo(_RunInferenceDoFn)")
+        and transform.spec.urn == "beam:transform:pardo:v1"
+    ]
+    payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+    wrapper = pickler.loads(payload.do_fn.payload)[0]  # Beam's exception-handling wrapper
+    return wrapper._fn._model_handler
 
 
 def test_a_gs_rerun_needs_overwrite_which_removes_only_the_scorers_files(
@@ -217,7 +257,8 @@ def test_a_gs_rerun_needs_overwrite_which_removes_only_the_scorers_files(
     root = bucket_inputs
     output_dir = f"{root}/rerun"
     model = ["--model_dir", f"{root}/model", "--max_error_fraction", "1"]
-    run_scoring(["--input", f"{root}/images/synthetic", "--output_dir", output_dir, *model])
+    first = ["--input", f"{root}/images/synthetic", "--output_dir", output_dir, *model]
+    run_scoring([*first, "--heatmap_format", "png"])
     assert len(storage.match(f"{output_dir}/heatmaps/*.png")) == len(scoring_inputs.labelled)
     user_files = {f"{output_dir}/notes.txt": "mine", f"{output_dir}/heatmaps/mine.png": "mine"}
     for path, text in user_files.items():

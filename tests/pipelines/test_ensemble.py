@@ -547,7 +547,7 @@ def test_a_killed_ensemble_run_leaves_no_summary_and_a_rerun_is_whole(
     )
     try:
         deadline = time.monotonic() + 120
-        while not list((output_dir / "heatmaps").glob("tile_*.png")):  # scoring has started
+        while not list((output_dir / "heatmaps").glob("tile_*.jpg")):  # scoring has started
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "scoring did not start within 120 s"
             time.sleep(0.05)
@@ -563,6 +563,6 @@ def test_a_killed_ensemble_run_leaves_no_summary_and_a_rerun_is_whole(
     summary = read_json(str(output_dir / "summary.json"))
     rows = prediction_rows(str(output_dir))
     assert summary["scored"] == len(rows) == 60 and len(summary["members"]) == FOLDS
-    heatmaps = sorted(path.name for path in (output_dir / "heatmaps").glob("tile_*.png"))
+    heatmaps = sorted(path.name for path in (output_dir / "heatmaps").glob("tile_*"))
     assert heatmaps == sorted(os.path.basename(row["heatmap_path"]) for row in rows)
     assert not list(output_dir.glob("beam-temp-*"))

@@ -16,7 +16,7 @@ from PIL import Image
 
 from model import gradcam
 from model.preprocessing import decode_image, preprocess_image
-from pipelines.heatmaps import heatmap_name
+from pipelines.heatmaps import DEFAULT_HEATMAP_FORMAT, heatmap_name
 from pipelines.model_handler import (
     GradCamModelHandler,
     LoadedScorer,
@@ -231,7 +231,7 @@ def test_run_inference_keys_rows_by_path_and_routes_unreadable_files(
         )
         assert_that(failed, equal_to([(path, "ImageDecodeError") for path in bad]), label="Failed")
     for path in good:  # each overlay at its original's size
-        (overlay,) = heatmap_dir.glob(heatmap_name(path))
+        (overlay,) = heatmap_dir.glob(heatmap_name(path, DEFAULT_HEATMAP_FORMAT))
         with Image.open(overlay) as heatmap:
             assert heatmap.size == Image.open(path).size
 

@@ -20,10 +20,11 @@ from PIL import Image
 from model.preprocessing import ImageDecodeError
 from pipelines.csv_output import WriteCsv, csv_line
 from pipelines.dead_letters import describe_failure, error_for_scored, errors_for_batch
-from pipelines.heatmaps import HEATMAP_NAME, heatmap_name, prediction_row
+from pipelines.heatmaps import HEATMAP_FORMATS, HEATMAP_NAME, heatmap_name, prediction_row
 from pipelines.model_handler import ImageScore, PreparedImage, keyed_scoring_handler
 from pipelines.rows import ERROR_COLUMNS, ScoringError, scored_image
 from tests.pipelines.conftest import IMAGE_SIZE
+from tests.pipelines.helpers import assert_overlay_file_shows, overlay_file_pixels, psnr_db
 
 BREAKHIS_PATH = "gs://bucket/BreaKHis_v1/SOB_M_DC_14-2523/40X/SOB_M_DC-14-2523-40-010.png"
 
@@ -58,11 +59,23 @@ def test_equal_file_names_in_different_folders_get_different_heatmaps():
     ],
 )
 def test_heatmap_names_stay_inside_the_heatmap_folder(path):
-    name = heatmap_name(path)
-    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{16}\.png", name), name
-    assert HEATMAP_NAME.fullmatch(name), name  # what --overwrite recognises as a heatmap
-    folder = os.path.join("/out", "heatmaps")
-    assert os.path.dirname(os.path.normpath(os.path.join(folder, name))) == folder
+    for image_format, extension in (("png", "png"), ("jpeg", "jpg")):
+        name = heatmap_name(path, image_format)
+        pattern = rf"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{{16}}\.{extension}"
+        assert re.fullmatch(pattern, name), name
+        assert HEATMAP_NAME.fullmatch(name), name  # what --overwrite recognises as a heatmap
+        folder = os.path.join("/out", "heatmaps")
+        assert os.path.dirname(os.path.normpath(os.path.join(folder, name))) == folder
+
+
+def test_the_heatmap_pattern_knows_every_format_and_no_other_name():
+    path = "/data/a/SOB_B_A-14-22549AB-40-001.png"
+    assert heatmap_name(path, "png")[:-4] == heatmap_name(path, "jpeg")[:-4]  # same stem
+    stem = heatmap_name(path)[: -len(".png")]
+    for extension in ("jpeg", "gif", "png.tmp", "JPG"):
+        assert not HEATMAP_NAME.fullmatch(f"{stem}.{extension}"), extension
+    for name in ("mine.jpg", "notes-0123456789abcdef.txt", ".hidden-0123456789abcdef.jpg"):
+        assert not HEATMAP_NAME.fullmatch(name), name
 
 
 def test_a_breakhis_row_carries_its_ground_truth():
@@ -144,6 +157,7 @@ def test_the_row_records_p_std_and_the_raw_peak_the_overlay_is_drawn_from(tmp_pa
             str(tmp_path),
             0.5,
             heatmap_scale=scale,
+            heatmap_format="png",  # lossless, so pixels can be compared exactly
         )
         with Image.open(row.heatmap_path) as image:
             return row, np.abs(np.asarray(image, dtype=int) - original)
@@ -159,6 +173,39 @@ def test_the_row_records_p_std_and_the_raw_peak_the_overlay_is_drawn_from(tmp_pa
     for scale in (0.012, None):
         row, empty = overlay_of("empty", np.zeros((2, 2), np.float32), scale)
         assert row.heatmap_peak == 0.0 and empty.max() == 0
+
+
+def test_each_heatmap_format_writes_the_overlay_under_its_extension_or_no_file(tmp_path):
+    from model.overlay import overlay_heatmap, scale_heatmap
+
+    # A smooth 2x2 map over a photo-like tile (a gradient with mild noise), 140 x 100 pixels.
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(60, 220, 140)[None, :, None] + np.linspace(0, 30, 100)[:, None, None]
+    original = np.clip(ramp + rng.normal(0, 4, (100, 140, 3)), 0, 255).astype(np.uint8)
+    raw = np.array([[0.0, 0.02], [0.01, 0.005]], dtype=np.float32)
+    expected = overlay_heatmap(original, scale_heatmap(raw, 0.015))
+    written = {}
+    for image_format in HEATMAP_FORMATS:
+        folder = tmp_path / image_format
+        row = prediction_row(
+            ("/in/SOB_B_A-14-22549AB-40-001.png", _prediction(original, 0.7, raw)),
+            str(folder),
+            0.5,
+            heatmap_scale=0.015,
+            heatmap_format=image_format,
+        )
+        assert row.heatmap_peak == pytest.approx(0.02)  # the map is reported in every format
+        written[image_format] = row.heatmap_path
+        if image_format == "none":
+            assert row.heatmap_path == "" and not folder.exists()
+            continue
+        assert os.listdir(folder) == [heatmap_name(row.image_path, image_format)]
+        assert_overlay_file_shows(row.heatmap_path, expected)
+    assert written["png"].endswith(".png") and written["jpeg"].endswith(".jpg")
+    jpeg, image_format = overlay_file_pixels(written["jpeg"])
+    assert image_format == "JPEG" and psnr_db(jpeg, expected) > 35  # a smooth tile: near-exact
+    assert psnr_db(jpeg, original) < 25  # and plainly the overlay, not the bare tile
+    assert os.path.getsize(written["jpeg"]) < os.path.getsize(written["png"]) / 2
 
 
 def test_rows_keep_significant_digits_of_small_raw_peaks_so_only_none_reads_as_zero():

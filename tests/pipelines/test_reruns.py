@@ -26,6 +26,7 @@ USER_FILES = {
     "notes.txt": b"my notes\n",
     "predictions-old.csv": b"a user's own csv\n",
     "heatmaps/mine.png": b"not a scorer heatmap name\n",
+    "heatmaps/mine.jpg": b"nor this\n",
     "heatmaps/README": b"kept\n",
     "plots/extra.png": b"kept\n",
     "report_assets/logo.svg": b"kept\n",
@@ -55,7 +56,8 @@ def _assert_one_run(output_dir: str, expected_paths: list[str]) -> dict:
     errors = read_csv(storage.join(output_dir, "errors.csv"))
     assert sorted(row["image_path"] for row in rows + errors) == sorted(expected_paths)
     assert summary["scored"] == len(rows) and summary["failed"] == len(errors)
-    heatmaps = storage.match(storage.join(output_dir, "heatmaps", "*-*.png"))
+    # Overlays of any format: an earlier run's in another format would be stale ones.
+    heatmaps = storage.match(storage.join(output_dir, "heatmaps", "*-*"))
     heatmaps = [path for path in heatmaps if is_run_output(f"heatmaps/{path.rsplit('/', 1)[-1]}")]
     assert sorted(heatmaps) == sorted(row["heatmap_path"] for row in rows if row["heatmap_path"])
     report = storage.read_text(storage.join(output_dir, "report.html"))
@@ -114,6 +116,7 @@ def test_overwrite_lists_only_the_scorers_own_file_names(tmp_path):
         "plots/roc.png",
         "plots/reliability.png",
         "heatmaps/SOB_B_A-14-22549AB-40-001-0123456789abcdef.png",
+        "heatmaps/SOB_B_A-14-22549AB-40-001-0123456789abcdef.jpg",
         "report_assets/tile-fedcba9876543210.png",
         "beam-temp-predictions-0123456789abcdef0123456789abcdef/shard",
         ".write-check-0123456789abcdef0123456789abcdef",
@@ -202,6 +205,8 @@ def test_a_killed_run_leaves_no_finished_looking_summary_and_a_rerun_is_whole(
         *_argv([tmp_path / "many"], output_dir, "--model_dir", tiny_export),
         "--batch_size",
         "1",
+        "--heatmap_format",
+        "png",
         "--overwrite",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -229,8 +234,11 @@ def test_a_killed_run_leaves_no_finished_looking_summary_and_a_rerun_is_whole(
     argv = _argv([tmp_path / "many"], output_dir, "--model_dir", tiny_export)
     assert score.main(argv) == score.EXIT_LAUNCH_ERROR  # partial outputs: refused, not mixed
     assert "--overwrite" in capsys.readouterr().err
+    # Rerun in the default format (JPEG): none of the killed run's PNG overlays may be left.
     assert score.main([*argv, "--overwrite"]) == 0
     _assert_one_run(str(output_dir), images)
+    overlays = sorted(path.suffix for path in (output_dir / "heatmaps").iterdir())
+    assert overlays == [".jpg"] * len(images)
     assert not list(output_dir.glob("beam-temp-*"))
 
 

@@ -23,6 +23,7 @@ from pipelines.rows import PREDICTION_COLUMNS
 from tests.pipelines.conftest import IMAGE_SIZE, load_inputs, run_scoring
 from tests.pipelines.helpers import (
     assert_metrics_close,
+    assert_overlay_file_shows,
     assert_review_queue,
     distinct_bins,
     label_index,
@@ -190,7 +191,23 @@ def test_patients_csv_summarises_each_patient(in_memory_run):
     assert any(row["called_both_ways"] == "True" for row in patients.values())
 
 
-def test_one_heatmap_per_prediction_at_the_image_size(in_memory_run, scoring_inputs):
+def _expected_overlays(model_dir: str, paths: list[str], tta: int = 1, scale=None) -> list:
+    """Each image's overlay drawn directly: its Grad-CAM map, scaled, blended on the original."""
+    from model.gradcam import gradcam_model, predict_with_gradcam
+    from model.model_card import load_exported_model
+    from model.overlay import overlay_heatmap, scale_heatmap
+    from model.preprocessing import decode_image
+
+    model, card = load_exported_model(model_dir)
+    grad_model = gradcam_model(model, card.last_conv_layer, card.logit_layer)
+    maps = predict_with_gradcam(grad_model, load_inputs(paths), tta=tta).heatmaps
+    return [
+        overlay_heatmap(decode_image(pathlib.Path(path).read_bytes()), scale_heatmap(map_, scale))
+        for path, map_ in zip(paths, maps, strict=True)
+    ]
+
+
+def test_one_heatmap_per_prediction_at_the_image_size(in_memory_run, scoring_inputs, tiny_export):
     output_dir = in_memory_run.output_dir
     rows = prediction_rows(str(output_dir))
     heatmap_dir = output_dir / "heatmaps"
@@ -198,19 +215,12 @@ def test_one_heatmap_per_prediction_at_the_image_size(in_memory_run, scoring_inp
 
     assert len(set(heatmap_paths)) == len(rows)  # tile.png in folders a/ and b/ do not collide
     assert sorted(str(path) for path in heatmap_dir.iterdir()) == sorted(heatmap_paths)
-    for row in rows:
-        heatmap = Image.open(row["heatmap_path"])
-        original = Image.open(row["image_path"])
+    assert all(path.endswith(".jpg") for path in heatmap_paths)  # the default format
+    expected = _expected_overlays(tiny_export, [row["image_path"] for row in rows])
+    for row, overlay in zip(rows, expected, strict=True):
         assert pathlib.Path(row["heatmap_path"]).parent == heatmap_dir
-        assert heatmap.mode == "RGB" and heatmap.size == original.size
-        difference = np.abs(
-            np.asarray(heatmap, dtype=np.int16)
-            - np.asarray(original.convert("RGB"), dtype=np.int16)
-        )
-        if float(row["heatmap_peak"]) > 0:
-            assert difference.mean() > 1.0, "the overlay should colour the image"
-        else:  # no evidence for malignancy: the image as it is
-            assert difference.max() == 0
+        # At the original's size, the image coloured by its map (by none: the image as it is).
+        assert_overlay_file_shows(row["heatmap_path"], overlay)
 
 
 def test_plots_are_written_as_images(in_memory_run):
@@ -430,8 +440,90 @@ def test_a_card_with_eval_tta_and_a_heatmap_scale_sets_the_runs_views_and_colour
         assert float(row["p_malignant"]) == pytest.approx(float(p), abs=2e-6)
         assert float(row["p_std"]) == pytest.approx(float(spread), abs=2e-6) and spread > 0
         assert float(row["heatmap_peak"]) == pytest.approx(float(peak), rel=1e-5)
-        assert (_tint(row).max() == 0) == (peak == 0)
+    # The overlays are drawn on the card's scale from the views' mean map.
+    for path, overlay in zip(paths, _expected_overlays(str(export), paths, 4, scale), strict=True):
+        assert_overlay_file_shows(rows[path]["heatmap_path"], overlay)
     strongest, weakest = np.argmax(peaks), np.argmin(peaks)
     assert peaks[weakest] < 0.8 * peaks[strongest], "the test needs maps of different strength"
 
     assert _tint(rows[paths[weakest]]).mean() < _tint(rows[paths[strongest]]).mean()
+
+
+@pytest.mark.parametrize("heatmap_format", ["png", "none"])
+def test_the_heatmap_format_changes_only_the_overlay_files(
+    tmp_path, scoring_inputs, tiny_export, in_memory_run, heatmap_format
+):
+    output_dir = tmp_path / "out"
+    run_scoring(
+        [
+            "--input",
+            os.path.join(scoring_inputs.root, "**"),
+            os.path.join(scoring_inputs.root, "unlabelled", "a", "*.png"),
+            "--model_dir",
+            tiny_export,
+            "--output_dir",
+            str(output_dir),
+            "--batch_size",
+            "8",
+            "--max_error_fraction",
+            "1",
+            "--heatmap_format",
+            heatmap_format,
+        ]
+    )
+    jpeg_dir = in_memory_run.output_dir  # the same run in the default format, JPEG
+    expected = {row["image_path"]: row for row in prediction_rows(str(jpeg_dir))}
+    rows = {row["image_path"]: row for row in prediction_rows(str(output_dir))}
+    assert set(rows) == set(expected)
+    for path, row in rows.items():
+        jpeg_row = expected[path]
+        assert {k: v for k, v in row.items() if k != "heatmap_path"} == {
+            k: v for k, v in jpeg_row.items() if k != "heatmap_path"
+        }
+        if heatmap_format == "none":
+            assert row["heatmap_path"] == "" and float(row["heatmap_peak"]) >= 0
+        else:
+            assert (
+                row["heatmap_path"]
+                == str(output_dir / "heatmaps")
+                + jpeg_row["heatmap_path"][len(str(jpeg_dir / "heatmaps")) : -len(".jpg")]
+                + ".png"
+            )
+    errors = [(e["image_path"], e["error_type"]) for e in read_csv(str(output_dir / "errors.csv"))]
+    jpeg_errors = read_csv(str(jpeg_dir / "errors.csv"))
+    assert sorted(errors) == sorted((e["image_path"], e["error_type"]) for e in jpeg_errors)
+    for name in ("metrics.json", "patients.csv"):
+        assert (output_dir / name).read_text() == (jpeg_dir / name).read_text(), name
+    review = read_csv(str(output_dir / "review.csv"))
+    jpeg_review = read_csv(str(jpeg_dir / "review.csv"))
+    assert [{**r, "heatmap_path": ""} for r in review] == [
+        {**r, "heatmap_path": ""} for r in jpeg_review
+    ]
+    assert all(r["heatmap_path"] == rows[r["image_path"]]["heatmap_path"] for r in review)
+    summary = read_json(str(output_dir / "summary.json"))
+    jpeg_summary = read_json(str(jpeg_dir / "summary.json"))
+    assert summary["heatmap_format"] == heatmap_format and jpeg_summary["heatmap_format"] == "jpeg"
+    assert summary["empty_heatmaps_per_class"] == jpeg_summary["empty_heatmaps_per_class"]
+    report = (output_dir / "report.html").read_text(encoding="utf-8")
+    if heatmap_format == "none":
+        assert not (output_dir / "heatmaps").exists()
+        assert "--heatmap_format none: no overlay files" in report
+    else:
+        overlays = sorted(str(path) for path in (output_dir / "heatmaps").iterdir())
+        assert overlays == sorted(row["heatmap_path"] for row in rows.values())
+        assert "heatmaps/" in report and ".png" in report
+
+
+def test_an_unknown_heatmap_format_or_model_copies_below_1_stops_the_job(
+    tmp_path, scoring_inputs, tiny_export, capsys
+):
+    argv = ["--input", *scoring_inputs.labelled[:1], "--model_dir", tiny_export]
+    argv += ["--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stopped:
+        score.main([*argv, "--heatmap_format", "gif"])
+    assert stopped.value.code == score.EXIT_LAUNCH_ERROR
+    assert "invalid choice: 'gif' (choose from 'jpeg', 'png', 'none')" in capsys.readouterr().err
+    assert score.main([*argv, "--model_copies", "0"]) == score.EXIT_LAUNCH_ERROR
+    error = capsys.readouterr().err
+    assert error == "error: --model_copies must be at least 1, got 0\n"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
