@@ -329,7 +329,7 @@ def test_incremental_gs_runs_score_each_image_once_and_report_from_gs(bucket_inp
     assert rebuilt["scored"] == len(images)
     assert read_json(f"{out}/metrics.json")["image_level"]["pooled"]["n"] == len(images)
     html = storage.read_text(f"{out}/report.html")
-    overlays = storage.match(f"{out}/heatmaps/*.png")
+    overlays = storage.match(f"{out}/heatmaps/*.jpg")  # the default --heatmap_format
     assert overlays
     for path in overlays:
         name = path.rsplit("/", 1)[1]
