@@ -21,7 +21,11 @@ from tests.train_job.test_rerun import cli_argv
 from tests.train_job.test_train import tiny_config
 from train_job.checkpoint import Checkpoints
 
-RUN = {"epochs": 2, "fine_tune_epochs": 1}  # both phases, phase 1 long enough to be killed in
+RUN = {
+    "epochs": 2,
+    "fine_tune_epochs": 1,
+    "learning_rate": 1e-3,
+}  # both phases, phase 1 long enough to be killed in
 START_TIMEOUT = 300  # seconds for a pair of workers to finish (2 shared CPU cores)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from model.model_card import load_exported_model, read_model_card
 from model.preprocessing import preprocess_image
-from train_job.config import TrainConfig
+from train_job.config import FROM_SCRATCH_LEARNING_RATE, TrainConfig
 from train_job.train import train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -152,7 +152,10 @@ print("RESULT", json.dumps({{"replicas": result.replicas}}))
     card = read_model_card(str(tmp_path))
     assert card.training_config["replicas"] == 2
     assert card.training_config["global_batch_size"] == 16
-    assert card.training_config["effective_learning_rate"] == pytest.approx(2e-3)
+    # tiny_config trains from scratch: the per-replica default times 2 replicas.
+    assert card.training_config["effective_learning_rate"] == pytest.approx(
+        2 * FROM_SCRATCH_LEARNING_RATE
+    )
     # The stain jitter (on by default) ran in the distributed input, every layer trained.
     assert card.training_config["stain_jitter"] > 0 and card.training_config["from_scratch"]
 
