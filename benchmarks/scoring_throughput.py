@@ -16,7 +16,9 @@ depend on the weights), measured in this one run:
 - the pipeline (`python -m pipelines.score`, in-memory DirectRunner in one process, and
   multi_processing on every core), with and without Grad-CAM, over the whole command (start-up
   included) and over the scoring alone (summary.json's wall time); on every core also with
-  each --heatmap_format and with --model_copies 1 (one model shared by the worker processes);
+  each --heatmap_format and with --model_copies 1 (one model shared by the worker processes),
+  and in one process with a thread per core (multi_threading: one model, no data plane between
+  processes, Python's work under one GIL);
 - with --baseline_revision, that revision's pipeline (its files extracted with `git archive`)
   with Grad-CAM on every core, for the ratio of this checkout to it in the same run.
 
@@ -131,14 +133,18 @@ def _pipeline(
     command = [sys.executable, "-m", "pipelines.score", "--input", str(manifest)]
     command += ["--model_dir", model_dir, "--output_dir", str(output_dir), *extra]
     started, cpu = time.perf_counter(), _children_cpu_seconds()
-    subprocess.run(
-        command,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = output_dir.with_suffix(".log")
+    with log.open("w") as stderr:
+        finished = subprocess.run(
+            command,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    if finished.returncode != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"exit code {finished.returncode}: {' '.join(command)}\n{tail}")
     elapsed = time.perf_counter() - started
     cpu_ms = (_children_cpu_seconds() - cpu) * 1000 / len(paths)
     summary = json.loads((output_dir / "summary.json").read_text())
@@ -214,6 +220,11 @@ def main() -> None:
                 ["--model_copies", "1", *all_cores],
                 REPO_ROOT,
             ),
+            "pipeline, Grad-CAM, one process, a thread per core": (
+                ["--direct_num_workers", str(os.cpu_count()), "--direct_running_mode"]
+                + ["multi_threading"],
+                REPO_ROOT,
+            ),
         }
         if args.baseline_revision:
             baseline_root = scratch / "baseline"
@@ -222,11 +233,16 @@ def main() -> None:
                 all_cores,
                 baseline_root,
             )
-        scoring_only = {}
+        scoring_only, failed = {}, {}
         for index, (name, (extra, root)) in enumerate(settings.items()):
-            rates[name], scoring_only[name], cpu_ms[name] = _pipeline(
-                paths, model_dir, scratch / f"run{index}", extra, root
-            )
+            try:
+                rates[name], scoring_only[name], cpu_ms[name] = _pipeline(
+                    paths, model_dir, scratch / f"run{index}", extra, root
+                )
+            except RuntimeError as error:  # one failed way must not lose the others' figures
+                failed[name] = str(error)
+                print(f"{name}: FAILED, {error}", flush=True)
+                continue
             print(f"{name}: {rates[name]:.2f} images/s", flush=True)
     ceiling_name = "bare batched forward pass (ceiling)"
     ceiling = rates[ceiling_name]
@@ -244,6 +260,8 @@ def main() -> None:
         if name in cpu_ms:
             line += f" {cpu_ms[name]:13.1f} {cpu_ms[ceiling_name] / cpu_ms[name]:16.2f}"
         print(line)
+    for name in failed:
+        print(f"{name:58s} failed (its stderr's end is in the JSON)")
     result = {
         "images": len(paths),
         "naive_images": len(naive),
@@ -254,6 +272,7 @@ def main() -> None:
         "cpu_ms_per_image": cpu_ms,
         "cpu_ratio_to_ceiling": {name: cpu_ms[ceiling_name] / ms for name, ms in cpu_ms.items()},
         "baseline_revision": args.baseline_revision,
+        "failed": failed,
     }
     pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
