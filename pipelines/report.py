@@ -24,7 +24,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TestOptions
 from apache_beam.pvalue import AsSingleton
-from apache_beam.runners.runner import PipelineResult, PipelineState
+from apache_beam.runners.runner import PipelineResult
 
 from model import storage
 from pipelines.aggregates import OutcomeCountsFn
@@ -43,9 +43,9 @@ from pipelines.report_checks import (
 )
 from pipelines.report_writer import (
     REPORT_KIND,
-    SUMMARY_FILE,
+    RunNotFinished,
     build_report_summary,
-    read_summary,
+    finished_summary,
 )
 from pipelines.reporting import RECORDS, REVIEW, ReportingConfig, ReportScores
 from pipelines.review import add_review_limit_flag, with_review
@@ -264,16 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if launched.dry_run:
         logger.info("Dry run: the job graph was built and not run")
         return 0
-    if launched.result.state != PipelineState.DONE:
-        print(f"error: the pipeline ended in state {launched.result.state}", file=sys.stderr)
-        return EXIT_FAILED
-    summary = read_summary(launched.config.output_dir)
-    if summary is None or summary.get("run_id") != launched.run_id:
-        print(
-            f"error: {storage.join(launched.config.output_dir, SUMMARY_FILE)} is not this "
-            f"report's ({launched.run_id}); was another job writing to --output_dir?",
-            file=sys.stderr,
-        )
+    try:
+        finished_summary(launched.result, launched.config.output_dir, launched.run_id, "report")
+    except RunNotFinished as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 

@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from apache_beam.runners.runner import PipelineResult, PipelineState
+
 from model import storage
 from model.constants import CLASS_NAMES
 from model.evaluation import PATIENT_COLUMNS, patient_table, report_from_summaries
@@ -246,3 +248,27 @@ def read_summary(output_dir: str) -> dict[str, Any] | None:
     if not storage.exists(path):
         return None
     return json.loads(storage.read_text(path))
+
+
+class RunNotFinished(Exception):
+    """A launched pipeline did not finish as this run; the message says why."""
+
+
+def finished_summary(
+    result: PipelineResult, output_dir: str, run_id: str, noun: str
+) -> dict[str, Any]:
+    """The summary.json that the run `run_id` wrote into output_dir once `result` finished.
+
+    Raises RunNotFinished when the pipeline ended in another state than DONE, or when the
+    summary found is not this run's (another job wrote into the same folder); `noun` names
+    the run in that message ("run", "report").
+    """
+    if result.state != PipelineState.DONE:
+        raise RunNotFinished(f"the pipeline ended in state {result.state}")
+    summary = read_summary(output_dir)
+    if summary is None or summary.get("run_id") != run_id:
+        raise RunNotFinished(
+            f"{storage.join(output_dir, SUMMARY_FILE)} is not this {noun}'s ({run_id}); "
+            "was another job writing to --output_dir?"
+        )
+    return summary

@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
     TestOptions,
 )
-from apache_beam.runners.runner import PipelineResult, PipelineState
+from apache_beam.runners.runner import PipelineResult
 
 from model import storage
 from model.tensorflow_runtime import set_verbosity
@@ -51,7 +51,7 @@ from pipelines.launch_checks import (
 )
 from pipelines.pipeline import ScoringConfig, build_pipeline
 from pipelines.progress import DEFAULT_INTERVAL_SECONDS, quiet_worker_logs
-from pipelines.report_writer import SUMMARY_FILE, read_summary
+from pipelines.report_writer import RunNotFinished, finished_summary
 from pipelines.review import add_review_limit_flag
 from pipelines.run_outputs import remove_outputs
 from pipelines.skip_scored import check_skip_scored
@@ -367,17 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if launched.dry_run:
         logger.info("Dry run: the job graph was built and not run")
         return 0
-    if launched.result.state != PipelineState.DONE:
-        print(f"error: the pipeline ended in state {launched.result.state}", file=sys.stderr)
-        return EXIT_TOO_MANY_ERRORS
     output_dir = launched.config.output_dir
-    summary = read_summary(output_dir)
-    if summary is None or summary.get("run_id") != launched.config.run_id:
-        print(
-            f"error: {storage.join(output_dir, SUMMARY_FILE)} is not this run's "
-            f"({launched.config.run_id}); was another run writing to --output_dir?",
-            file=sys.stderr,
-        )
+    try:
+        summary = finished_summary(launched.result, output_dir, launched.config.run_id, "run")
+    except RunNotFinished as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_TOO_MANY_ERRORS
     if summary["failed_fraction"] > args.max_error_fraction:
         errors_csv = storage.join(output_dir, ERRORS_NAME + CSV_SUFFIX)

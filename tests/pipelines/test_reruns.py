@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from model import storage
-from pipelines import score
+from pipelines import report_writer, score
 from pipelines.run_outputs import earlier_outputs, is_run_output
 from tests.conftest import REPO_ROOT
 from tests.pipelines.helpers import prediction_rows, read_csv, read_json
@@ -159,12 +159,12 @@ def test_main_reads_only_its_own_runs_summary(
     assert len(run_id) == 32
 
     # Another run writes its summary into the folder while this one runs (here: just after).
-    original = score.read_summary
+    original = report_writer.read_summary
 
     def someone_elses(directory):
         return {**original(directory), "run_id": "another-run"}
 
-    monkeypatch.setattr(score, "read_summary", someone_elses)
+    monkeypatch.setattr(report_writer, "read_summary", someone_elses)
     assert score.main([*argv, "--overwrite"]) == score.EXIT_TOO_MANY_ERRORS
     assert "is not this run's" in capsys.readouterr().err
 
@@ -273,3 +273,25 @@ def test_a_pattern_matching_only_the_output_folder_stops_at_launch(
     argv = _argv([output_dir / pattern], output_dir, "--model_dir", tiny_export)
     assert score.main(argv) == score.EXIT_LAUNCH_ERROR
     assert "matches only files inside --output_dir" in capsys.readouterr().err
+
+
+class _Ended:
+    """A stand-in for a Beam PipelineResult that ended in `state`."""
+
+    def __init__(self, state):
+        self.state = state
+
+
+def test_finished_summary_refuses_unfinished_and_foreign_runs(tmp_path):
+    from apache_beam.runners.runner import PipelineState
+
+    with pytest.raises(report_writer.RunNotFinished, match="ended in state FAILED"):
+        report_writer.finished_summary(_Ended(PipelineState.FAILED), str(tmp_path), "a", "run")
+    with pytest.raises(report_writer.RunNotFinished, match="is not this report's \\(a\\)"):
+        report_writer.finished_summary(_Ended(PipelineState.DONE), str(tmp_path), "a", "report")
+    (tmp_path / "summary.json").write_text(json.dumps({"run_id": "b"}))
+    with pytest.raises(report_writer.RunNotFinished, match="another job writing"):
+        report_writer.finished_summary(_Ended(PipelineState.DONE), str(tmp_path), "a", "run")
+    (tmp_path / "summary.json").write_text(json.dumps({"run_id": "a", "failed": 0}))
+    summary = report_writer.finished_summary(_Ended(PipelineState.DONE), str(tmp_path), "a", "run")
+    assert summary == {"run_id": "a", "failed": 0}
