@@ -23,7 +23,6 @@ from model.labels import label_index
 from model.model_card import load_exported_model
 from model.naming import printable_path
 from model.preprocessing import prepare_image
-from model.report_assets import REPORT_ASSETS_DIR
 from model.report_sections import (
     GalleryItem,
     gallery_section,
@@ -33,7 +32,7 @@ from model.report_sections import (
 )
 from train_job.cv_folds import Fold
 from train_job.cv_report import CV_PLOTS, SPREAD_PLOT
-from train_job.report import gallery_pictures
+from train_job.report import gallery_item, gallery_pictures
 
 logger = logging.getLogger(__name__)
 
@@ -147,28 +146,12 @@ def mistake_gallery(
         pictures = gallery_pictures(
             model, prepared, card.logit_layer, card.eval_tta, card.heatmap_scale
         )
-        for row, picture in zip(chosen, pictures, strict=True):
-            stem = f"{REPORT_ASSETS_DIR}/{len(items):03d}"
-            storage.write_bytes(
-                storage.join(output_dir, f"{stem}_original.png"), picture.original_png
+        items += [
+            gallery_item(
+                output_dir, len(items) + offset, row, picture, "misclassified", card.eval_tta, index
             )
-            storage.write_bytes(
-                storage.join(output_dir, f"{stem}_overlay.png"), picture.overlay_png
-            )
-            items.append(
-                GalleryItem(
-                    image_path=row["image_path"],
-                    original_href=f"{stem}_original.png",
-                    overlay_href=f"{stem}_overlay.png",
-                    p_malignant=row["p_malignant"],
-                    predicted_label=row["predicted_label"],
-                    true_label=row["true_label"],
-                    category="misclassified",
-                    p_std=picture.p_std if card.eval_tta > 1 else None,
-                    heatmap_peak=picture.heatmap_peak,
-                    fold=index,
-                )
-            )
+            for offset, (row, picture) in enumerate(zip(chosen, pictures, strict=True))
+        ]
     order = {row["image_path"]: rank for rank, row in enumerate(picked)}
     return sorted(items, key=lambda item: order[item.image_path]), total
 

@@ -93,6 +93,34 @@ def gallery_pictures(
     return pictures
 
 
+def gallery_item(
+    output_dir: str,
+    number: int,
+    row: Mapping[str, Any],
+    picture: GalleryPicture,
+    category: str,
+    tta: int,
+    fold: int | None = None,
+) -> GalleryItem:
+    """Write one picture's original and overlay PNGs as report_assets/<number> under
+    output_dir (local or gs://) and return its gallery item for `row` (a predictions row)."""
+    stem = f"{REPORT_ASSETS_DIR}/{number:03d}"
+    storage.write_bytes(storage.join(output_dir, f"{stem}_original.png"), picture.original_png)
+    storage.write_bytes(storage.join(output_dir, f"{stem}_overlay.png"), picture.overlay_png)
+    return GalleryItem(
+        image_path=row["image_path"],
+        original_href=f"{stem}_original.png",
+        overlay_href=f"{stem}_overlay.png",
+        p_malignant=row["p_malignant"],
+        predicted_label=row["predicted_label"],
+        true_label=row["true_label"],
+        category=category,
+        p_std=picture.p_std if tta > 1 else None,
+        heatmap_peak=picture.heatmap_peak,
+        fold=fold,
+    )
+
+
 def write_training_report(
     work_dir: str,
     model: keras.Model,
@@ -125,28 +153,10 @@ def write_training_report(
             for _, row in chosen
         ]
         pictures = gallery_pictures(model, images, logit_layer, tta, heatmap_scale)
-        os.makedirs(os.path.join(work_dir, REPORT_ASSETS_DIR), exist_ok=True)
-        for index, ((category, row), picture) in enumerate(zip(chosen, pictures, strict=True)):
-            stem = f"{REPORT_ASSETS_DIR}/{index:03d}"
-            for suffix, data in (
-                ("original", picture.original_png),
-                ("overlay", picture.overlay_png),
-            ):
-                with open(os.path.join(work_dir, f"{stem}_{suffix}.png"), "wb") as handle:
-                    handle.write(data)
-            gallery.append(
-                GalleryItem(
-                    image_path=row["image_path"],
-                    original_href=f"{stem}_original.png",
-                    overlay_href=f"{stem}_overlay.png",
-                    p_malignant=row["p_malignant"],
-                    predicted_label=row["predicted_label"],
-                    true_label=row["true_label"],
-                    category=category,
-                    p_std=picture.p_std if tta > 1 else None,
-                    heatmap_peak=picture.heatmap_peak,
-                )
-            )
+        gallery = [
+            gallery_item(work_dir, number, row, picture, category, tta)
+            for number, ((category, row), picture) in enumerate(zip(chosen, pictures, strict=True))
+        ]
     errors = [
         {
             "image_path": path,
