@@ -165,6 +165,27 @@ def run_scoring(argv: list[str]):
     return score.run(argv, save_main_session=False)
 
 
+def mixed_inputs_argv(
+    scoring_inputs: ScoringInputs, model_dir: str, output_dir: pathlib.Path, *flags: str
+) -> list[str]:
+    """The scorer's arguments of `in_memory_run` (every input, with an overlapping second
+    pattern), into output_dir, with `flags` added."""
+    return [
+        "--input",
+        os.path.join(scoring_inputs.root, "**"),
+        os.path.join(scoring_inputs.root, "unlabelled", "a", "*.png"),
+        "--model_dir",
+        model_dir,
+        "--output_dir",
+        str(output_dir),
+        "--batch_size",
+        "8",
+        "--max_error_fraction",
+        "1",
+        *flags,
+    ]
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoringRun:
     """A finished run: its output folder and Beam result."""
@@ -180,21 +201,7 @@ def in_memory_run(tmp_path_factory, scoring_inputs, tiny_export) -> ScoringRun:
     The second pattern overlaps the first, so deduplication is exercised too.
     """
     output_dir = tmp_path_factory.mktemp("in_memory_run")
-    result = run_scoring(
-        [
-            "--input",
-            os.path.join(scoring_inputs.root, "**"),
-            os.path.join(scoring_inputs.root, "unlabelled", "a", "*.png"),
-            "--model_dir",
-            tiny_export,
-            "--output_dir",
-            str(output_dir),
-            "--batch_size",
-            "8",
-            "--max_error_fraction",
-            "1",
-        ]
-    )
+    result = run_scoring(mixed_inputs_argv(scoring_inputs, tiny_export, output_dir))
     return ScoringRun(output_dir, result)
 
 

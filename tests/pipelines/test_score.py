@@ -20,7 +20,7 @@ from model.naming import parse_breakhis_name
 from pipelines import score
 from pipelines.model_handler import METRICS_NAMESPACE
 from pipelines.rows import PREDICTION_COLUMNS
-from tests.pipelines.conftest import IMAGE_SIZE, load_inputs, run_scoring
+from tests.pipelines.conftest import IMAGE_SIZE, load_inputs, mixed_inputs_argv, run_scoring
 from tests.pipelines.helpers import (
     assert_metrics_close,
     assert_overlay_file_shows,
@@ -455,21 +455,9 @@ def test_the_heatmap_format_changes_only_the_overlay_files(
 ):
     output_dir = tmp_path / "out"
     run_scoring(
-        [
-            "--input",
-            os.path.join(scoring_inputs.root, "**"),
-            os.path.join(scoring_inputs.root, "unlabelled", "a", "*.png"),
-            "--model_dir",
-            tiny_export,
-            "--output_dir",
-            str(output_dir),
-            "--batch_size",
-            "8",
-            "--max_error_fraction",
-            "1",
-            "--heatmap_format",
-            heatmap_format,
-        ]
+        mixed_inputs_argv(
+            scoring_inputs, tiny_export, output_dir, "--heatmap_format", heatmap_format
+        )
     )
     jpeg_dir = in_memory_run.output_dir  # the same run in the default format, JPEG
     expected = {row["image_path"]: row for row in prediction_rows(str(jpeg_dir))}

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from pipelines import model_handler, worker_devices
 from pipelines.model_handler import GradCamModelHandler, keyed_scoring_handler
-from tests.pipelines.conftest import IMAGE_SIZE, run_scoring
+from tests.pipelines.conftest import IMAGE_SIZE, mixed_inputs_argv, run_scoring
 from tests.pipelines.helpers import prediction_rows
 
 GPUS = [
@@ -88,23 +88,7 @@ def test_a_run_with_a_shared_model_copy_scores_exactly_as_one_model_per_process(
 ):
     output_dir = tmp_path / "out"
     caplog.set_level(logging.INFO)
-    run_scoring(
-        [
-            "--input",
-            os.path.join(scoring_inputs.root, "**"),
-            os.path.join(scoring_inputs.root, "unlabelled", "a", "*.png"),
-            "--model_dir",
-            tiny_export,
-            "--output_dir",
-            str(output_dir),
-            "--batch_size",
-            "8",
-            "--max_error_fraction",
-            "1",
-            "--model_copies",
-            "1",
-        ]
-    )
+    run_scoring(mixed_inputs_argv(scoring_inputs, tiny_export, output_dir, "--model_copies", "1"))
     # The model was served by Beam's shared-object server and reached through its proxy.
     assert "Starting proxy server at" in caplog.text
     expected = {row["image_path"]: row for row in prediction_rows(str(in_memory_run.output_dir))}
