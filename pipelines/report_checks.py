@@ -34,6 +34,7 @@ from pipelines.scored_runs import (
     parent_folder,
     read_scored_run,
     same_folder,
+    shared_value,
 )
 
 FLAG = "--predictions"
@@ -104,14 +105,13 @@ def report_threshold(runs: Sequence[ScoredRun], threshold: float | None) -> floa
         if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
             raise LaunchError(f"--threshold must be a number in [0, 1], got {threshold}")
         return threshold
-    thresholds = {run.threshold for run in runs}
-    if len(thresholds) > 1:
-        raise LaunchError(
-            f"{FLAG}: the runs were scored at different thresholds "
-            f"({', '.join(f'{run.run_dir}: {run.threshold}' for run in runs)}); pass "
-            "--threshold T to report them all at one"
-        )
-    return thresholds.pop()
+    return shared_value(
+        runs,
+        "threshold",
+        FLAG,
+        "scored at different thresholds",
+        "pass --threshold T to report them all at one",
+    )
 
 
 def check_not_an_input(output_dir: str, runs: Sequence[ScoredRun]) -> None:

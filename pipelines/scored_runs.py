@@ -157,13 +157,20 @@ def read_scored_run(run_dir: str, flag: str) -> ScoredRun:
     return ScoredRun(run_dir, summary, _predictions_files(run_dir, flag))
 
 
+def shared_value(
+    runs: Sequence[ScoredRun], attribute: str, flag: str, differ: str, remedy: str
+) -> Any:
+    """The value of `attribute` that every run has; a LaunchError naming each run's value when
+    they differ ("<flag>: the runs were <differ> (...); <remedy>")."""
+    values = {getattr(run, attribute) for run in runs}
+    if len(values) > 1:
+        each = ", ".join(f"{run.run_dir}: {getattr(run, attribute)}" for run in runs)
+        raise LaunchError(f"{flag}: the runs were {differ} ({each}); {remedy}")
+    return values.pop()
+
+
 def check_one_model(runs: Sequence[ScoredRun], flag: str) -> str:
     """The model id every run was scored with; LaunchError naming them when they differ."""
-    ids = {run.model_id for run in runs}
-    if len(ids) > 1:
-        raise LaunchError(
-            f"{flag}: the runs were scored by different models "
-            f"({', '.join(f'{run.run_dir}: {run.model_id}' for run in runs)}); "
-            "one report covers one model's scores"
-        )
-    return ids.pop()
+    return shared_value(
+        runs, "model_id", flag, "scored by different models", "one report covers one model's scores"
+    )
