@@ -117,14 +117,9 @@ def test_an_unwritable_bucket_is_refused_before_the_job_starts(bucket_inputs):
         )
 
 
-def _dataflow_argv(root: str, *extra: str) -> list[str]:
+def _dataflow_flags(root: str) -> list[str]:
+    """Flags that build a Dataflow job graph offline (--dry_run=True), staging under root."""
     return [
-        "--input",
-        f"{root}/images/synthetic/**",
-        "--model_dir",
-        f"{root}/model",
-        "--output_dir",
-        f"{root}/dataflow_out",
         "--runner",
         "DataflowRunner",
         "--dry_run=True",
@@ -134,6 +129,18 @@ def _dataflow_argv(root: str, *extra: str) -> list[str]:
         "us-central1",
         "--temp_location",
         f"{root}/tmp",
+    ]
+
+
+def _dataflow_argv(root: str, *extra: str) -> list[str]:
+    return [
+        "--input",
+        f"{root}/images/synthetic/**",
+        "--model_dir",
+        f"{root}/model",
+        "--output_dir",
+        f"{root}/dataflow_out",
+        *_dataflow_flags(root),
         *extra,
     ]
 
@@ -340,18 +347,8 @@ def test_incremental_gs_runs_score_each_image_once_and_report_from_gs(bucket_inp
         ]
 
     # The same report's job graph for Dataflow, built offline.
-    dataflow = [
-        "--runner",
-        "DataflowRunner",
-        "--dry_run=True",
-        "--project",
-        "demo-project",
-        "--region",
-        "us-central1",
-        "--temp_location",
-        f"{root}/tmp",
-    ]
-    result = report.run([*argv[:-1], f"{root}/inc/dataflow", *dataflow], save_main_session=False)
+    dataflow = [*argv[:-1], f"{root}/inc/dataflow", *_dataflow_flags(root)]
+    result = report.run(dataflow, save_main_session=False)
     transforms = result.job.proto_pipeline.components.transforms.values()
     top_level = {
         transform.unique_name for transform in transforms if "/" not in transform.unique_name
