@@ -4,14 +4,15 @@
         [--image_size 128] [--batch_size 32] [--rounds 3] [--first_block block4]
 
 The same VGG16 classifier (random weights, trainable from --first_block, compiled as the
-training job compiles it) trains one epoch at a time on the images of --images_dir fed three
+training job compiles it) trains one epoch at a time on the images of --images_dir fed four
 ways, alternating for --rounds rounds, and each reports the median images/s of its epochs:
 
 - in memory: the decoded, resized and normalised images as tensors in memory, batched (no
   augmentation, no shuffle): the ceiling for this model on this machine;
 - the job's input, no augmentation: `train_job.dataset.training_stream` with augment=False
   (cached decoded images, shuffle, normalise, batch, class weights);
-- the job's input: the same with the training augmentations on.
+- the job's input: the same with the training augmentations on, without and with the
+  default HED stain jitter (`--stain_jitter 0.05`): the training job's default input.
 
 The cache is filled when the stream is made (one decode of every image), outside the timing;
 its time is printed too. Ratios are to the in-memory epochs of the same run.
@@ -27,6 +28,7 @@ import time
 import numpy as np
 
 from model import storage
+from model.constants import DEFAULT_STAIN_JITTER
 from model.labels import label_index
 from model.naming import parse_breakhis_name
 from model.tensorflow_runtime import load_tensorflow, set_verbosity
@@ -85,18 +87,25 @@ def main() -> None:
     )
 
     started = time.perf_counter()
+    # (augmentations, stain jitter) of each way fed by the job's input.
+    settings = {
+        "none": (False, 0.0),
+        "augmented": (True, 0.0),
+        "jitter": (True, DEFAULT_STAIN_JITTER),
+    }
     streams = {
-        augment: training_stream(
+        name: training_stream(
             paths,
             labels,
             args.image_size,
             args.batch_size,
             augment=augment,
             class_weights=weights,
+            stain_jitter=jitter,
         )
-        for augment in (False, True)
+        for name, (augment, jitter) in settings.items()
     }
-    cache_seconds = (time.perf_counter() - started) / 2
+    cache_seconds = (time.perf_counter() - started) / len(streams)
     images = np.stack(
         [
             normalize(load_image(storage.read_bytes(path), args.image_size).astype(np.float32))
@@ -105,7 +114,7 @@ def main() -> None:
     )
     targets = np.asarray(labels, np.float32)[:, None]
     sample_weights = np.array([weights[label] for label in labels], np.float32)
-    steps = streams[False].steps_per_epoch
+    steps = streams["none"].steps_per_epoch
 
     batches = tf.data.Dataset.from_tensor_slices((images, targets, sample_weights))
     batches = batches.batch(args.batch_size).prefetch(2)
@@ -113,10 +122,10 @@ def main() -> None:
     def in_memory(epoch: int) -> None:
         model.fit(batches, steps_per_epoch=steps, shuffle=False, verbose=0)
 
-    def job_input(augment: bool):
+    def job_input(setting: str):
         def run(epoch: int) -> None:
             model.fit(
-                streams[augment].epochs(epoch, epoch + 1),
+                streams[setting].epochs(epoch, epoch + 1),
                 steps_per_epoch=steps,
                 shuffle=False,
                 verbose=0,
@@ -126,8 +135,11 @@ def main() -> None:
 
     arms = {
         "tensors in memory (ceiling)": in_memory,
-        "job's input, no augmentation": job_input(False),
-        "job's input, augmented": job_input(True),
+        "job's input, no augmentation": job_input("none"),
+        "job's input, augmented, no stain jitter": job_input("augmented"),
+        f"job's input, augmented, stain jitter {DEFAULT_STAIN_JITTER} (the default)": job_input(
+            "jitter"
+        ),
     }
     rates: dict[str, list[float]] = {name: [] for name in arms}
     for arm in arms.values():  # traced and warmed up outside the timing
