@@ -155,10 +155,11 @@ def main() -> None:
         f"\n{len(paths)} images, {args.image_size} px, batch {args.batch_size}, trainable from "
         f"{args.first_block}; filling the decoded-image cache took {cache_seconds:.1f} s"
     )
-    print(f"{'input':34s} {'images/s':>9s} {'x in memory':>12s}")
+    width = max(len(name) for name in rates)
+    print(f"{'input':{width}s} {'images/s':>9s} {'x in memory':>12s}")
     for name, series in rates.items():
         rate = statistics.median(series)
-        print(f"{name:34s} {rate:9.1f} {rate / ceiling:12.2f}")
+        print(f"{name:{width}s} {rate:9.1f} {rate / ceiling:12.2f}")
 
 
 if __name__ == "__main__":
