@@ -87,11 +87,14 @@ def main() -> None:
     )
 
     started = time.perf_counter()
-    # (augmentations, stain jitter) of each way fed by the job's input.
-    settings = {
-        "none": (False, 0.0),
-        "augmented": (True, 0.0),
-        "jitter": (True, DEFAULT_STAIN_JITTER),
+    # Each way fed by the job's input: its (augmentations, stain jitter).
+    job_inputs = {
+        "job's input, no augmentation": (False, 0.0),
+        "job's input, augmented, no stain jitter": (True, 0.0),
+        f"job's input, augmented, stain jitter {DEFAULT_STAIN_JITTER} (the default)": (
+            True,
+            DEFAULT_STAIN_JITTER,
+        ),
     }
     streams = {
         name: training_stream(
@@ -103,7 +106,7 @@ def main() -> None:
             class_weights=weights,
             stain_jitter=jitter,
         )
-        for name, (augment, jitter) in settings.items()
+        for name, (augment, jitter) in job_inputs.items()
     }
     cache_seconds = (time.perf_counter() - started) / len(streams)
     images = np.stack(
@@ -114,7 +117,7 @@ def main() -> None:
     )
     targets = np.asarray(labels, np.float32)[:, None]
     sample_weights = np.array([weights[label] for label in labels], np.float32)
-    steps = streams["none"].steps_per_epoch
+    steps = next(iter(streams.values())).steps_per_epoch
 
     batches = tf.data.Dataset.from_tensor_slices((images, targets, sample_weights))
     batches = batches.batch(args.batch_size).prefetch(2)
@@ -122,10 +125,10 @@ def main() -> None:
     def in_memory(epoch: int) -> None:
         model.fit(batches, steps_per_epoch=steps, shuffle=False, verbose=0)
 
-    def job_input(setting: str):
+    def job_input(name: str):
         def run(epoch: int) -> None:
             model.fit(
-                streams[setting].epochs(epoch, epoch + 1),
+                streams[name].epochs(epoch, epoch + 1),
                 steps_per_epoch=steps,
                 shuffle=False,
                 verbose=0,
@@ -133,14 +136,7 @@ def main() -> None:
 
         return run
 
-    arms = {
-        "tensors in memory (ceiling)": in_memory,
-        "job's input, no augmentation": job_input("none"),
-        "job's input, augmented, no stain jitter": job_input("augmented"),
-        f"job's input, augmented, stain jitter {DEFAULT_STAIN_JITTER} (the default)": job_input(
-            "jitter"
-        ),
-    }
+    arms = {"tensors in memory (ceiling)": in_memory, **{name: job_input(name) for name in streams}}
     rates: dict[str, list[float]] = {name: [] for name in arms}
     for arm in arms.values():  # traced and warmed up outside the timing
         arm(0)
