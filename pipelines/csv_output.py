@@ -54,7 +54,9 @@ class WriteCsv(beam.PTransform):
         """Format and write."""
         return (
             rows
-            | "Format" >> beam.Map(csv_line).with_output_types(str)
+            # Rows are NamedTuples: iterable, but Beam 2.78's type check does not count a
+            # NamedTuple as consistent with csv_line's Iterable[Any], so the input is Any.
+            | "Format" >> beam.Map(csv_line).with_input_types(Any).with_output_types(str)
             | "Write"
             >> beam.io.WriteToText(
                 self._prefix,

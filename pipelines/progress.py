@@ -58,7 +58,9 @@ class ReportProgressFn(beam.DoFn):
         """Attach to this process's count for the job."""
         self._state = _progress_of(self._job_id)
 
-    def process(self, element: Any, matched: int) -> None:
+    # No return annotation: Beam (2.78 and later) reads it as the output type and requires an
+    # iterable, and this DoFn emits nothing.
+    def process(self, element: Any, matched: int):
         """Count the element and log if the interval has passed; emits nothing."""
         now = time.monotonic()
         state = self._state
