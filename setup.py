@@ -32,6 +32,10 @@ setup(
         "google-cloud-storage",
     ],
     extras_require={
-        "dev": ["pytest", "gcp-storage-emulator", "ruff"],
+        # uv: scripts/lock_deps.sh compiles the locks in requirements/, scripts/upgrade_deps.sh
+        # builds its throwaway environment of the newest releases.
+        "dev": ["pytest", "gcp-storage-emulator", "ruff", "uv"],
+        # The Dataflow GPU worker image (Dockerfile): the CUDA runtime and cuDNN as pip wheels.
+        "gpu": ["tensorflow[and-cuda]"],
     },
 )

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TestOptions
+from apache_beam.options.pipeline_options import TestOptions
 from apache_beam.pvalue import AsSingleton
 from apache_beam.runners.runner import PipelineResult
 
@@ -57,6 +57,7 @@ from pipelines.score import (
     runner_name,
 )
 from pipelines.scored_runs import ScoredRun
+from pipelines.worker_packages import pipeline_options
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +198,7 @@ def launch(
     started_at = time.time()
     args, beam_args = parse_args(argv)
     check_review_limit(args.review_limit)
-    options = PipelineOptions(beam_args)
-    options.view_as(SetupOptions).save_main_session = save_main_session
+    options = pipeline_options(beam_args, save_main_session)
     check_remote_locations(
         runner_name(options, test_pipeline), [*args.predictions, args.output_dir]
     )

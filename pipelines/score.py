@@ -29,7 +29,6 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
-    SetupOptions,
     StandardOptions,
     TestOptions,
 )
@@ -55,6 +54,7 @@ from pipelines.report_writer import RunNotFinished, finished_summary
 from pipelines.review import add_review_limit_flag
 from pipelines.run_outputs import remove_outputs
 from pipelines.skip_scored import check_skip_scored
+from pipelines.worker_packages import pipeline_options
 
 logger = logging.getLogger(__name__)
 
@@ -282,8 +282,7 @@ def launch(
     """
     started_at = time.time()
     args, beam_args = parse_args(argv)
-    options = PipelineOptions(beam_args)
-    options.view_as(SetupOptions).save_main_session = save_main_session
+    options = pipeline_options(beam_args, save_main_session)
     # Checked before the pipeline object is made, so a launch error prints one line only.
     config, earlier = resolve_config(args, runner_name(options, test_pipeline))
     pipeline = test_pipeline or beam.Pipeline(options=options)

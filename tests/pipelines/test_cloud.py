@@ -13,6 +13,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from model import storage
 from model.preprocessing import measure_image
 from pipelines import report
+from pipelines.dependency_lock import RUNTIME_LOCK
 from pipelines.launch_checks import LaunchError
 from pipelines.model_checks import check_model_export
 from tests.conftest import REPO_ROOT
@@ -167,6 +168,8 @@ def test_dataflow_job_graph_builds_offline_and_stages_the_packages(bucket_inputs
             dependency.type_payload
         ).path
     assert "workflow.tar.gz" in staged  # the sdist setup.py builds, installed on each worker
+    # Workers install the launcher's runtime lock first, so they run its versions.
+    assert pathlib.Path(staged["requirements.txt"]).read_bytes() == RUNTIME_LOCK.read_bytes()
     with tarfile.open(staged["workflow.tar.gz"]) as sdist:
         members = {
             pathlib.PurePosixPath(name).relative_to(*pathlib.PurePosixPath(name).parts[:1])
@@ -231,6 +234,7 @@ def test_dataflow_gpu_job_uses_the_custom_container_and_accelerator(
     assert payload.container_image == GPU_IMAGE
     staged = [dependency.role_payload for dependency in environment.dependencies]
     assert not any(b"workflow.tar.gz" in name for name in staged)  # the code is in the image
+    assert not any(b"requirements.txt" in name for name in staged)  # and the locked packages
     options = result.job.options.get_all_options()
     assert options["dataflow_service_options"] == [service_option]
     # Several SDK processes per VM (Dataflow's default): decoding and overlays use every vCPU.
