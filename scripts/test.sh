@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# Install (into .venv) and run the whole test suite. Extra arguments go to pytest.
+# Install the lock (into .venv) and run the tests. Extra arguments go to pytest.
+#
+#   bash scripts/test.sh          # the fast tier: every module's contract (pytest -m "not slow")
+#   bash scripts/test.sh --slow   # the slow end-to-end tier only (pytest -m slow)
+#   bash scripts/test.sh --all    # both tiers: what CI runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TIER=(-m "not slow")
+case "${1:-}" in
+  --slow) TIER=(-m slow); shift ;;
+  --all) TIER=(); shift ;;
+esac
 bash scripts/setup_env.sh
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q "${TIER[@]}" "$@"

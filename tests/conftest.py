@@ -10,8 +10,19 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-BREAKHIS_SAMPLE = REPO_ROOT.parent / "shared" / "breakhis-sample"
+# The real sample: $BREAKHIS_SAMPLE, else beside the repository (scripts/upgrade_deps.sh tests a
+# copy of the tree elsewhere and points here).
+BREAKHIS_SAMPLE = pathlib.Path(
+    os.environ.get("BREAKHIS_SAMPLE") or REPO_ROOT.parent / "shared" / "breakhis-sample"
+)
 EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reads the real sample (through its fixture) is in the slow tier."""
+    for item in items:
+        if "breakhis_sample" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

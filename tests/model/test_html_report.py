@@ -675,6 +675,7 @@ def _written_report(out: pathlib.Path) -> tuple[pathlib.Path, dict]:
     return pathlib.Path(write_report(str(out), page_text)), metrics
 
 
+@pytest.mark.slow
 def test_report_in_chromium_loads_every_image_and_shows_the_numbers_of_metrics_json(
     chromium, tmp_path
 ):
@@ -698,6 +699,7 @@ def test_report_in_chromium_loads_every_image_and_shows_the_numbers_of_metrics_j
     assert sorted(p.name for p in report_path.parent.glob("*.html")) == ["report.html"]
 
 
+@pytest.mark.slow
 def test_chromium_check_reports_a_missing_image(chromium, tmp_path):
     report_path, _ = _written_report(tmp_path / "run")
     (tmp_path / "run" / "heatmaps" / "SOB_B_A-14-1002AB-400-001.png").unlink()

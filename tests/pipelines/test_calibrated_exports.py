@@ -98,6 +98,7 @@ def test_a_calibrated_export_scores_sigmoid_of_logit_over_t(
     )
 
 
+@pytest.mark.slow
 def test_an_export_made_before_calibration_still_scores_with_t_1(
     old_style_export, scoring_inputs, tmp_path
 ):

@@ -49,6 +49,7 @@ def bucket_inputs(gcs_emulator, scoring_inputs, tiny_export):
     return root
 
 
+@pytest.mark.slow
 def test_gs_inputs_model_and_outputs_share_the_local_code_path(bucket_inputs, scoring_inputs):
     root = bucket_inputs
     output_dir = f"{root}/out"
@@ -262,6 +263,7 @@ def _run_inference_handler(result):
     return wrapper._fn._model_handler
 
 
+@pytest.mark.slow
 def test_a_gs_rerun_needs_overwrite_which_removes_only_the_scorers_files(
     bucket_inputs, scoring_inputs
 ):
@@ -309,6 +311,7 @@ def test_a_gs_model_whose_card_disagrees_with_its_model_is_refused(bucket_inputs
         check_model_export(model_dir)
 
 
+@pytest.mark.slow
 def test_incremental_gs_runs_score_each_image_once_and_report_from_gs(bucket_inputs):
     root = bucket_inputs
     images = storage.match(f"{root}/images/synthetic/**")

@@ -275,6 +275,7 @@ def _same_rows(first: pathlib.Path, second: pathlib.Path) -> None:
             )
 
 
+@pytest.mark.slow
 def test_a_cv_folder_in_worker_processes_equals_listing_its_folds(
     tmp_path, scoring_inputs, ensemble_cv_folder, listed_run
 ):
@@ -300,6 +301,7 @@ def test_a_cv_folder_in_worker_processes_equals_listing_its_folds(
     )
 
 
+@pytest.mark.slow
 def test_an_ensemble_of_one_equals_the_single_model(
     tmp_path, scoring_inputs, tiny_export, in_memory_run
 ):
@@ -330,6 +332,7 @@ def test_an_ensemble_of_one_equals_the_single_model(
     )
 
 
+@pytest.mark.slow
 def test_an_ensemble_rerun_needs_overwrite_and_may_change_its_members(
     tmp_path, scoring_inputs, ensemble_cv_folder, capsys
 ):
@@ -482,6 +485,7 @@ def bucket_cv(gcs_emulator, ensemble_cv_folder, scoring_inputs) -> str:
     return root
 
 
+@pytest.mark.slow
 def test_a_gs_cv_folder_scores_as_its_local_copy(bucket_cv, scoring_inputs, listed_run):
     output_dir = f"{bucket_cv}/out"
     run_scoring(
@@ -502,6 +506,7 @@ def test_a_gs_cv_folder_scores_as_its_local_copy(bucket_cv, scoring_inputs, list
     ]
 
 
+@pytest.mark.slow
 def test_dataflow_graph_builds_offline_with_several_model_dirs(bucket_cv):
     result = run_scoring(
         ["--input", f"{bucket_cv}/images/*.png", "--output_dir", f"{bucket_cv}/dataflow_out"]
@@ -525,6 +530,7 @@ def test_dataflow_refuses_a_local_member(bucket_cv, ensemble_cv_folder, capsys):
     assert f"use gs:// for: {ensemble_cv_folder}" in error
 
 
+@pytest.mark.slow
 def test_a_killed_ensemble_run_leaves_no_summary_and_a_rerun_is_whole(
     tmp_path, ensemble_cv_folder, capsys
 ):

@@ -75,6 +75,7 @@ def huge_image_run(tmp_path_factory, tiny_export) -> LauncherRun:
     return run_launcher(argv, folder / "stderr.log")
 
 
+@pytest.mark.slow
 def test_a_huge_image_is_scored_within_the_memory_budget(huge_image_run):
     assert huge_image_run.returncode == 0, huge_image_run.stderr[-2000:]
     summary = read_json(str(huge_image_run.output_dir / "summary.json"))
@@ -84,18 +85,21 @@ def test_a_huge_image_is_scored_within_the_memory_budget(huge_image_run):
     )
 
 
+@pytest.mark.slow
 def test_a_huge_images_overlay_is_bounded_to_the_overlay_side(huge_image_run):
     (row,) = prediction_rows(str(huge_image_run.output_dir))
     with Image.open(row["heatmap_path"]) as overlay:
         assert overlay.size == (OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE)
 
 
+@pytest.mark.slow
 def test_the_launcher_prints_no_tensorflow_start_up_lines(huge_image_run):
     assert huge_image_run.returncode == 0
     assert TENSORFLOW_BANNER.findall(huge_image_run.stderr) == []
     assert "Progress: worker process" in huge_image_run.stderr  # the useful lines still show
 
 
+@pytest.mark.slow
 def test_verbose_shows_tensorflow_start_up_lines(tmp_path, tiny_export):
     image = tmp_path / "tile.png"
     Image.new("RGB", (64, 48), (200, 120, 160)).save(image)

@@ -86,6 +86,7 @@ def test_scoring_report_lists_the_run_and_its_gallery(in_memory_run):
     assert "heatmaps/" in html and "report_assets/" in html
 
 
+@pytest.mark.slow
 def test_scoring_report_renders_with_every_image_and_the_metrics_json_numbers(in_memory_run):
     if find_chromium() is None:
         pytest.skip("no Chromium binary to render the report")

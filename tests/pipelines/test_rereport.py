@@ -107,6 +107,7 @@ def test_a_report_over_a_run_rebuilds_its_outputs_and_links_its_overlays(in_memo
         assert path.read_bytes() == (run / "heatmaps" / path.name).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_report_needs_neither_the_model_nor_the_images(in_memory_run, scoring_inputs, tmp_path):
     run = in_memory_run.output_dir
     moved_to = str(tmp_path / "images-gone")  # the images were moved away after scoring
@@ -344,6 +345,7 @@ def test_a_rerun_needs_overwrite_then_replaces_only_the_reports_files(
     assert {path.name for path in (out / "heatmaps").iterdir()} == overlays
 
 
+@pytest.mark.slow
 def test_a_killed_report_leaves_no_summary_and_a_rerun_is_whole(in_memory_run, tmp_path, capsys):
     run = in_memory_run.output_dir
     out = tmp_path / "report"

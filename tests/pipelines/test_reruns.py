@@ -148,6 +148,7 @@ def test_a_folder_holding_only_a_review_csv_is_an_earlier_runs_and_overwrite_rem
     assert {row["image_path"] for row in rows} <= set(scoring_inputs.unlabelled)
 
 
+@pytest.mark.slow
 def test_main_reads_only_its_own_runs_summary(
     tmp_path, scoring_inputs, tiny_export, capsys, monkeypatch
 ):
@@ -192,6 +193,7 @@ def _many_images(folder: pathlib.Path, count: int) -> list[str]:
     return paths
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_finished_looking_summary_and_a_rerun_is_whole(
     tmp_path, in_memory_run, tiny_export, capsys
 ):
@@ -242,6 +244,7 @@ def test_a_killed_run_leaves_no_finished_looking_summary_and_a_rerun_is_whole(
     assert not list(output_dir.glob("beam-temp-*"))
 
 
+@pytest.mark.slow
 def test_an_output_folder_inside_the_input_is_never_scored(tmp_path, scoring_inputs, tiny_export):
     root = tmp_path / "data"
     for path in scoring_inputs.unlabelled + scoring_inputs.labelled[:2]:

@@ -264,6 +264,7 @@ def test_the_model_is_loaded_once_and_run_once_per_batch(in_memory_run, scoring_
     assert sum(item.committed for item in found["counters"]) == scorable
 
 
+@pytest.mark.slow
 def test_multi_processing_runs_give_the_same_rows_in_shards(
     tmp_path, scoring_inputs, tiny_export, in_memory_run, capfd
 ):
@@ -406,6 +407,7 @@ def _tint(row: dict[str, str]) -> np.ndarray:
         )
 
 
+@pytest.mark.slow
 def test_a_card_with_eval_tta_and_a_heatmap_scale_sets_the_runs_views_and_colours(
     tmp_path, scoring_inputs, tiny_export
 ):
@@ -449,6 +451,7 @@ def test_a_card_with_eval_tta_and_a_heatmap_scale_sets_the_runs_views_and_colour
     assert _tint(rows[paths[weakest]]).mean() < _tint(rows[paths[strongest]]).mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("heatmap_format", ["png", "none"])
 def test_the_heatmap_format_changes_only_the_overlay_files(
     tmp_path, scoring_inputs, tiny_export, in_memory_run, heatmap_format

@@ -8,6 +8,8 @@ import os
 import pathlib
 import shutil
 
+import pytest
+
 from pipelines import report, score
 from tests.pipelines.helpers import prediction_rows, read_csv, read_json
 from tests.pipelines.rerun_helpers import assert_same_report, write_run
@@ -32,6 +34,7 @@ def _score(folder: pathlib.Path, output_dir: pathlib.Path, tiny_export: str, *ex
     return score.main(argv)
 
 
+@pytest.mark.slow
 def test_two_runs_over_a_growing_folder_score_every_image_once_and_report_as_one_run(
     tmp_path, scoring_inputs, tiny_export
 ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+import pytest
 import tensorflow as tf
 
 from pipelines import model_handler, worker_devices
@@ -83,6 +84,7 @@ def test_model_copies_ask_beam_to_share_the_models_across_processes():
         assert shared.share_model_across_processes() and shared.model_copies() == copies
 
 
+@pytest.mark.slow
 def test_a_run_with_a_shared_model_copy_scores_exactly_as_one_model_per_process(
     tmp_path, scoring_inputs, tiny_export, in_memory_run, caplog
 ):

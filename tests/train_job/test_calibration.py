@@ -19,6 +19,9 @@ from model.preprocessing import normalize, preprocess_image
 from tests.train_job.test_train import SHARED_RUN, tiny_config
 from train_job.train import train
 
+# Two trainings end to end: the slow tier (the rule itself: tests/model/test_calibration.py).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def calibrated(synthetic_data_dir, tmp_path_factory):

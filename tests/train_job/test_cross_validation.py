@@ -25,6 +25,9 @@ from train_job import main as train_main
 from train_job.checkpoint import Checkpoints
 from train_job.cross_validation import cross_validate
 
+# End to end: the slow tier (bash scripts/test.sh --slow).
+pytestmark = pytest.mark.slow
+
 
 def _folds(output_dir) -> list:
     return [output_dir / fold_dir_name(index) for index in range(CV_FOLDS)]

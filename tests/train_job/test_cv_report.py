@@ -197,6 +197,7 @@ def _lookup(metrics: dict, dotted: str):
     return value
 
 
+@pytest.mark.slow
 def test_the_report_shows_mean_sd_and_the_out_of_fold_mistakes_with_their_folds_grad_cam(
     cv_run, tmp_path
 ):

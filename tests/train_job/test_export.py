@@ -21,6 +21,7 @@ from train_job.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from train_job.train import train
 
 
+@pytest.mark.slow
 def test_a_training_failing_after_model_keras_leaves_no_card(
     synthetic_data_dir, tmp_path, monkeypatch
 ):
@@ -44,6 +45,7 @@ def test_a_training_failing_after_model_keras_leaves_no_card(
     assert check_model_export(str(tmp_path)).image_size == 32
 
 
+@pytest.mark.slow
 def test_a_gs_run_resumes_from_its_bucket_and_uploads_the_card_last(
     gcs_emulator, synthetic_data_dir, monkeypatch
 ):

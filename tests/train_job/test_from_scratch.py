@@ -46,6 +46,7 @@ def weights_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_from_scratch_the_first_phase_trains_every_layer(synthetic_data_dir, tmp_path, caplog):
     kernels = KernelsPerFit()
     config = tiny_config(synthetic_data_dir, tmp_path, epochs=1, fine_tune_epochs=1)
@@ -64,6 +65,7 @@ def test_from_scratch_the_first_phase_trains_every_layer(synthetic_data_dir, tmp
     ]
 
 
+@pytest.mark.slow
 def test_with_a_weights_file_phase_1_leaves_the_base_frozen(
     synthetic_data_dir, tmp_path, weights_file
 ):

@@ -84,6 +84,7 @@ def test_an_output_folder_inside_the_data_folder_is_not_data(synthetic_data_dir,
     assert len(with_it.images) == 61 and with_it.unparsed
 
 
+@pytest.mark.slow
 def test_training_on_odd_files_writes_valid_utf8_everywhere(odd_data_dir):
     root, expected = odd_data_dir
     output_dir = root / "export"  # inside the data folder

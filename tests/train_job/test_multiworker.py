@@ -21,6 +21,9 @@ from tests.train_job.test_rerun import cli_argv
 from tests.train_job.test_train import tiny_config
 from train_job.checkpoint import Checkpoints
 
+# End to end: the slow tier (bash scripts/test.sh --slow).
+pytestmark = pytest.mark.slow
+
 RUN = {
     "epochs": 2,
     "fine_tune_epochs": 1,

@@ -186,6 +186,7 @@ class ExpectGone(keras.callbacks.Callback):
             raise AssertionError(f"still there when training began: {left}")
 
 
+@pytest.mark.slow
 def test_restart_deletes_exactly_the_export_and_trains_from_scratch(trained, tmp_path):
     _, exported = trained
     output_dir = tmp_path / "out"

@@ -14,6 +14,9 @@ from tests.train_job.test_train import SHARED_RUN, tiny_config
 from train_job.checkpoint import Checkpoints
 from train_job.train import train
 
+# End to end: the slow tier (bash scripts/test.sh --slow).
+pytestmark = pytest.mark.slow
+
 
 class Killed(RuntimeError):
     """What the test callbacks raise in place of a SIGKILL."""

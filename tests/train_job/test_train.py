@@ -129,6 +129,7 @@ def test_history_has_both_phases(trained):
     assert json.loads((output_dir / "history.json").read_text()) == result.history
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_over_two_cpu_devices(synthetic_data_dir, tmp_path):
     script = f"""
 import json, sys
@@ -160,6 +161,7 @@ print("RESULT", json.dumps({{"replicas": result.replicas}}))
     assert card.training_config["stain_jitter"] > 0 and card.training_config["from_scratch"]
 
 
+@pytest.mark.slow
 def test_training_report_shows_the_test_metrics_and_a_gallery(trained):
     from tests.browser import broken_images, find_chromium, inspect_page
 
@@ -176,6 +178,7 @@ def test_training_report_shows_the_test_metrics_and_a_gallery(trained):
     assert shown == f"{metrics['image_level']['pooled']['accuracy']:.4f}"
 
 
+@pytest.mark.slow
 def test_mixed_precision_exports_a_float32_scorer(synthetic_data_dir, tmp_path):
     import keras
 
@@ -270,6 +273,7 @@ def test_the_card_records_one_view_and_the_validation_heatmap_scale(trained):
     assert card.heatmap_scale == pytest.approx(recomputed, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_tta_chooses_the_threshold_and_scores_the_test_split_on_view_averaged_p(
     synthetic_data_dir, tmp_path
 ):
