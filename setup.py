@@ -13,8 +13,18 @@ setup(
     ),
     # The report templates are read at run time (jinja2.PackageLoader), so they ship in the sdist
     # Dataflow stages with --setup_file and in every wheel built from the tree.
-    package_data={"model": ["templates/*.html", "templates/*.css", "templates/sections/*.html"]},
+    package_data={
+        "model.reports": ["templates/*.html", "templates/*.css", "templates/sections/*.html"]
+    },
     python_requires=">=3.10",
+    # The installed way to call the jobs; each is the same as its `python ...` command.
+    entry_points={
+        "console_scripts": [
+            "breakhis-train = train_job.main:main",  # python train_job/main.py
+            "breakhis-score = pipelines.score:main",  # python -m pipelines.score
+            "breakhis-report = pipelines.report:main",  # python -m pipelines.report
+        ]
+    },
     install_requires=[
         "tensorflow>=2.16",  # Keras 3
         # Scoring loads .keras files in safe mode; releases before 3.14 let a crafted archive
@@ -34,7 +44,8 @@ setup(
     extras_require={
         # uv: scripts/lock_deps.sh compiles the locks in requirements/, scripts/upgrade_deps.sh
         # builds its throwaway environment of the newest releases.
-        "dev": ["pytest", "gcp-storage-emulator", "ruff", "uv"],
+        # mkdocs: the reference in docs/ (mkdocs build --strict in CI).
+        "dev": ["pytest", "gcp-storage-emulator", "ruff", "uv", "mkdocs"],
         # The Dataflow GPU worker image (Dockerfile): the CUDA runtime and cuDNN as pip wheels.
         "gpu": ["tensorflow[and-cuda]"],
     },

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from model.overlay import encode_png, overlay_heatmap
-from model.preprocessing import decode_image
+from model.image.overlay import encode_png, overlay_heatmap
+from model.image.preprocessing import decode_image
 from model.synthetic_data import draw_tile
 
 

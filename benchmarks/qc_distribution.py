@@ -2,11 +2,11 @@
 
     python benchmarks/qc_distribution.py [--image_dir ../shared/breakhis-sample] [--noise 20]
 
-For every PNG under --image_dir: tissue_fraction, focus_score and stain_score (model.quality),
+For every PNG under --image_dir: tissue_fraction, focus_score and stain_score (model.image.quality),
 printed as min / 1st percentile / median / max, with the images at the minimum. Then the same
 measures for copies made from those images that QC must flag: each 700-pixel-wide image blurred
 with a Gaussian of sigma 4 px (PIL's GaussianBlur), each image as grayscale, and random RGB
-noise at 700 x 460 (--noise seeds). The thresholds in model/quality.py sit between the two.
+noise at 700 x 460 (--noise seeds). The thresholds in model/image/quality.py sit between the two.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageFilter
 
-from model.preprocessing import decode_rgb
-from model.quality import (
+from model.image.preprocessing import decode_rgb
+from model.image.quality import (
     MIN_FOCUS_SCORE,
     MIN_STAIN_SCORE,
     MIN_TISSUE_FRACTION,

@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 
-from model.preprocessing import decode_rgb, prepare_image, prepare_measured_image
-from model.quality import measure_quality
-from model.tensorflow_runtime import load_tensorflow, set_verbosity
+from model.image.preprocessing import decode_rgb, prepare_image, prepare_measured_image
+from model.image.quality import measure_quality
+from model.network.tensorflow_runtime import load_tensorflow, set_verbosity
 
 
 def _ms_per_image(function, items) -> float:
@@ -41,8 +41,8 @@ def _forward_ms(image_size: int, batch_size: int, rounds: int) -> float:
     """Per-image time of a batched VGG16 forward pass with Grad-CAM (median over rounds)."""
     set_verbosity(False)
     load_tensorflow()
-    from model.architecture import build_classifier
-    from model.gradcam import gradcam_model, predict_with_gradcam
+    from model.network.architecture import build_classifier
+    from model.network.gradcam import gradcam_model, predict_with_gradcam
 
     model = build_classifier(image_size, weights="none")
     grad_model = gradcam_model(model)

@@ -21,10 +21,10 @@ import sys
 import tempfile
 import time
 
-from pipelines.csv_output import csv_line
-from pipelines.report_checks import check_rows
-from pipelines.rows import PREDICTION_COLUMNS, scored_image
-from pipelines.scored_runs import read_scored_run
+from pipelines.launch.report_checks import check_rows
+from pipelines.runs.scored_runs import read_scored_run
+from pipelines.scoring.csv_output import csv_line
+from pipelines.scoring.rows import PREDICTION_COLUMNS, scored_image
 
 
 def write_run(folder: str, rows: int) -> None:

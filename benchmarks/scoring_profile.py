@@ -14,7 +14,7 @@ the one-thread steps, the whole process's for the network (TensorFlow's threads)
 worker the network is cheap and the CPU work outside it sets the throughput, so the table sums
 it per heatmap format, with the bytes per overlay file.
 
-With --baseline_revision, the revision's overlay drawing and PNG encoding (`model/overlay.py`,
+With --baseline_revision, the revision's overlay drawing and PNG encoding (`model/image/overlay.py`,
 read with `git show`) are timed on the same maps in the same run, for the ratio of this
 checkout's post-processing to the revision's. Prints a table and writes the same as JSON.
 """
@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from model import storage
-from model.overlay import OVERLAY_FORMATS, encode_overlay, scale_heatmap, upsample_heatmap
-from model.preprocessing import OVERLAY_MAX_SIDE, bounded_copy, decode_rgb, model_input
-from model.quality import measure_quality
-from model.tensorflow_runtime import load_tensorflow, set_verbosity
+from model.image.overlay import OVERLAY_FORMATS, encode_overlay, scale_heatmap, upsample_heatmap
+from model.image.preprocessing import OVERLAY_MAX_SIDE, bounded_copy, decode_rgb, model_input
+from model.image.quality import measure_quality
+from model.network.tensorflow_runtime import load_tensorflow, set_verbosity
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -73,9 +73,9 @@ def _per_batch(
 
 def _export(model_dir: str, image_size: int) -> None:
     """A random-weight VGG16 classifier export at image_size, as training writes it."""
-    from model.architecture import build_classifier
-    from model.model_card import ModelCard
-    from train_job.export import write_export
+    from model.network.architecture import build_classifier
+    from model.network.model_card import ModelCard
+    from train_job.export.files import write_export
 
     write_export(
         build_classifier(image_size, weights="none"),
@@ -105,8 +105,8 @@ def _network(
     model_dir: str, inputs: np.ndarray, batch_size: int
 ) -> tuple[dict, np.ndarray, float | None]:
     """The network's steps ({name: (cpu, wall)}), the Grad-CAM maps and the card's scale."""
-    from model.gradcam import gradcam_model, predict_with_gradcam
-    from model.model_card import load_exported_model
+    from model.network.gradcam import gradcam_model, predict_with_gradcam
+    from model.network.model_card import load_exported_model
 
     model, card = load_exported_model(model_dir)
     grad_model = gradcam_model(model, card.last_conv_layer, card.logit_layer)
@@ -147,7 +147,7 @@ def main() -> None:
         model_dir = args.model_dir or str(scratch / "export")
         if args.model_dir is None:
             _export(model_dir, args.image_size)
-        from model.model_card import load_exported_model
+        from model.network.model_card import load_exported_model
 
         image_size = load_exported_model(model_dir)[1].image_size
         steps: dict[str, tuple[float, float]] = {}
@@ -173,7 +173,7 @@ def main() -> None:
             lambda pair: upsample_heatmap(pair[1], pair[0].shape[1], pair[0].shape[0]),
             pairs,
         )
-        from model.overlay import overlay_heatmap
+        from model.image.overlay import overlay_heatmap
 
         overlays = timed("overlay: upsample + colour + blend", lambda p: overlay_heatmap(*p), pairs)
         sizes = {}
@@ -188,7 +188,7 @@ def main() -> None:
             timed(f"write {image_format}", lambda nb: storage.write_bytes(*nb), named)
         baseline = {}
         if args.baseline_revision:
-            old = _revision_module(args.baseline_revision, "model/overlay.py", scratch)
+            old = _revision_module(args.baseline_revision, "model/image/overlay.py", scratch)
             old_overlays = timed(
                 f"{args.baseline_revision}: overlay", lambda p: old.overlay_heatmap(*p), pairs
             )

@@ -46,8 +46,8 @@ import time
 import numpy as np
 
 from model import storage
-from model.preprocessing import load_image, normalize, preprocess_image
-from model.tensorflow_runtime import load_tensorflow, set_verbosity
+from model.image.preprocessing import load_image, normalize, preprocess_image
+from model.network.tensorflow_runtime import load_tensorflow, set_verbosity
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH_SIZE = 32
@@ -69,9 +69,9 @@ def _images(source: str, count: int, folder: pathlib.Path) -> list[str]:
 
 def _export(model_dir: str, image_size: int) -> None:
     """A random-weight VGG16 classifier export at image_size, as training writes it."""
-    from model.architecture import build_classifier
-    from model.model_card import ModelCard
-    from train_job.export import write_export
+    from model.network.architecture import build_classifier
+    from model.network.model_card import ModelCard
+    from train_job.export.files import write_export
 
     write_export(
         build_classifier(image_size, weights="none"),
@@ -96,8 +96,8 @@ def _naive(model, paths: list[str], image_size: int, gradcam_to: pathlib.Path | 
     """Images/s of a per-image notebook loop: decode, predict; optionally Grad-CAM and a PNG."""
     from PIL import Image
 
-    from model.gradcam import gradcam_model, predict_with_gradcam
-    from model.overlay import overlay_heatmap, scale_heatmap
+    from model.image.overlay import overlay_heatmap, scale_heatmap
+    from model.network.gradcam import gradcam_model, predict_with_gradcam
 
     grad_model = gradcam_model(model) if gradcam_to is not None else None
     started = time.perf_counter()
@@ -179,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     set_verbosity(False)
     load_tensorflow()
-    from model.model_card import load_exported_model
+    from model.network.model_card import load_exported_model
 
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = pathlib.Path(scratch_name)

@@ -35,16 +35,16 @@ _EXPORT = """
 import sys
 import keras
 import model
-from model.architecture import build_classifier
-from model.model_card import ModelCard
-from train_job.export import write_export
+from model.network.architecture import build_classifier
+from model.network.model_card import ModelCard
+from train_job.export.files import write_export
 
 assert model.__file__.startswith(sys.argv[3]), (model.__file__, sys.argv[3])
 keras.utils.set_random_seed(0)
 size = int(sys.argv[2])
 network = build_classifier(size, weights="none")
 try:  # revisions with calibration export the temperature layer training builds in
-    from model.architecture import with_temperature
+    from model.network.architecture import with_temperature
 except ImportError:
     pass
 else:

@@ -3,7 +3,7 @@
     python benchmarks/stain_jitter_throughput.py [--image_dir ../shared/breakhis-sample]
         [--image_size 128] [--batch_size 32] [--epochs 3] [--rounds 3]
 
-Builds the training stream (`train_job.dataset.training_stream`, cache filled, geometric
+Builds the training stream (`train_job.data.dataset.training_stream`, cache filled, geometric
 augmentation on) over every PNG under --image_dir, once with --stain_jitter 0 and once with the
 default strength, and times full passes over --epochs epochs of each, alternating the two
 --rounds times so both see the same machine load. Prints images/s of each (the median round) and
@@ -19,8 +19,8 @@ import statistics
 import time
 
 from model.constants import DEFAULT_STAIN_JITTER
-from model.naming import parse_breakhis_name
-from train_job.dataset import training_stream
+from model.image.naming import parse_breakhis_name
+from train_job.data.dataset import training_stream
 
 
 def images_per_second(stream, epochs: int) -> float:

@@ -2,10 +2,10 @@
 
     python benchmarks/stain_variation.py [--image_dir ../shared/breakhis-sample] [--draws 4]
 
-Every PNG under --image_dir is loaded as training loads it (`model.preprocessing.load_image` at
---image_size) and split into haematoxylin, eosin and DAB concentrations (`model.stain`). An
-image's stain statistic is the mean concentration over its tissue pixels (`model.quality`'s
-tissue mask); a slide's is the mean over its images. The script prints:
+Every PNG under --image_dir is loaded as training loads it (`model.image.preprocessing.load_image`
+at --image_size) and split into haematoxylin, eosin and DAB concentrations (`model.image.stain`).
+An image's stain statistic is the mean concentration over its tissue pixels
+(`model.image.quality`'s tissue mask); a slide's is the mean over its images. The script prints:
 
 1. The spread of those statistics over images and over slides (the between-slide spread of one
    lab's slides is a floor for the variation between labs).
@@ -15,7 +15,7 @@ tissue mask); a slide's is the mean over its images. The script prints:
    the slides, their 5-95% range and their full range.
 3. For candidate strengths, --draws random jitters of every image (the training input's draws):
    the share of pixel values clipped to 0 or 255, the QC measures of the jittered images
-   (stain_score, with the share that `model.quality` would flag as not H&E stained, and the
+   (stain_score, with the share that `model.image.quality` would flag as not H&E stained, and the
    share with too little tissue), and how far the jittered images' mean H and E spread compared
    with the real slides' range.
 """
@@ -29,15 +29,15 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from model.naming import parse_breakhis_name
-from model.preprocessing import load_image
-from model.quality import (
+from model.image.naming import parse_breakhis_name
+from model.image.preprocessing import load_image
+from model.image.quality import (
     MIN_STAIN_SCORE,
     MIN_TISSUE_FRACTION,
     stain_agreement,
     tissue_mask,
 )
-from model.stain import STAIN_NAMES, stain_concentrations, stain_jitter
+from model.image.stain import STAIN_NAMES, stain_concentrations, stain_jitter
 
 CANDIDATES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 
@@ -81,7 +81,7 @@ def _needed_strength(slides: np.ndarray) -> None:
 
 
 def _stain_score(rgb: np.ndarray) -> float:
-    """model.quality's stain_score of a uint8 image's tissue pixels."""
+    """model.image.quality's stain_score of a uint8 image's tissue pixels."""
     flat = rgb.reshape(-1, 3)
     return stain_agreement(flat[tissue_mask(flat)])
 

@@ -9,7 +9,7 @@ ways, alternating for --rounds rounds, and each reports the median images/s of i
 
 - in memory: the decoded, resized and normalised images as tensors in memory, batched (no
   augmentation, no shuffle): the ceiling for this model on this machine;
-- the job's input, no augmentation: `train_job.dataset.training_stream` with augment=False
+- the job's input, no augmentation: `train_job.data.dataset.training_stream` with augment=False
   (cached decoded images, shuffle, normalise, batch, class weights);
 - the job's input: the same with the training augmentations on, without and with the
   default HED stain jitter (`--stain_jitter 0.05`): the training job's default input.
@@ -29,9 +29,9 @@ import numpy as np
 
 from model import storage
 from model.constants import DEFAULT_STAIN_JITTER
-from model.labels import label_index
-from model.naming import parse_breakhis_name
-from model.tensorflow_runtime import load_tensorflow, set_verbosity
+from model.evaluation.labels import label_index
+from model.image.naming import parse_breakhis_name
+from model.network.tensorflow_runtime import load_tensorflow, set_verbosity
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,9 +67,9 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from model.architecture import build_classifier, conv_block_names
-    from model.preprocessing import load_image, normalize
-    from train_job.dataset import class_weights_for, training_stream
+    from model.image.preprocessing import load_image, normalize
+    from model.network.architecture import build_classifier, conv_block_names
+    from train_job.data.dataset import class_weights_for, training_stream
 
     paths, labels = _labelled_images(args.images_dir)
     weights = class_weights_for(labels)

@@ -27,16 +27,16 @@ from PIL import Image
 
 from model import storage
 from model.constants import TTA_CHOICES
+from model.network.tensorflow_runtime import load_tensorflow, set_verbosity
 from model.synthetic_data import draw_tile
-from model.tensorflow_runtime import load_tensorflow, set_verbosity
-from pipelines.model_handler import GradCamModelHandler, LoadedScorer, read_and_prepare
+from pipelines.scoring.model_handler import GradCamModelHandler, LoadedScorer, read_and_prepare
 
 
 def _export(model_dir: str, image_size: int) -> None:
     """A random-weight VGG16 classifier export at image_size."""
-    from model.architecture import build_classifier
-    from model.model_card import ModelCard
-    from train_job.export import write_export
+    from model.network.architecture import build_classifier
+    from model.network.model_card import ModelCard
+    from train_job.export.files import write_export
 
     model = build_classifier(image_size, weights="none")
     write_export(

@@ -12,11 +12,11 @@ MIN_IMAGE_SIZE = 32  # VGG16's five 2x2 poolings need at least 32 pixels a side.
 # 512 px) and every image costs 16 times the default's compute; BreakHis tiles are 700 x 460.
 MAX_IMAGE_SIZE = 512
 
-# Test-time augmentation: how many dihedral views of an image may be scored (model/tta.py).
+# Test-time augmentation: how many dihedral views of an image may be scored (model/network/tta.py).
 TTA_CHOICES: tuple[int, ...] = (1, 2, 4, 8)
 # The model card's heatmap_scale is this percentile of the per-image Grad-CAM peaks on the
-# validation split (model/gradcam.py): robust to a few extreme maps, and reached or passed by
-# the images with the strongest evidence for malignancy.
+# validation split (model/network/gradcam.py): robust to a few extreme maps, and reached or passed
+# by the images with the strongest evidence for malignancy.
 HEATMAP_SCALE_PERCENTILE = 95.0
 
 LAST_CONV_LAYER = "block5_conv3"
@@ -28,9 +28,9 @@ PROBABILITY_LAYER = "p_malignant"
 
 MAGNIFICATIONS: tuple[str, ...] = ("40X", "100X", "200X", "400X")
 
-# HED stain jitter of training images (model/stain.py): the --stain_jitter default, chosen from
-# benchmarks/stain_variation.py on the BreakHis sample (see model/stain.py), and the limit that
-# keeps every scale factor 1 - s above 0.
+# HED stain jitter of training images (model/image/stain.py): the --stain_jitter default, chosen
+# from benchmarks/stain_variation.py on the BreakHis sample (see model/image/stain.py), and the
+# limit that keeps every scale factor 1 - s above 0.
 DEFAULT_STAIN_JITTER = 0.05
 MAX_STAIN_JITTER = 1.0
 

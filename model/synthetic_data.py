@@ -7,7 +7,7 @@ evenly spaced ones; higher magnifications show larger nuclei. The class differen
 how much of the tile is dark nucleus, so it survives downscaling to a 32x32 model input, while
 random positions and per-image colour jitter keep every tile different.
 
-Files follow the dataset's own layout and names (`model.naming` parses them). Patients cycle
+Files follow the dataset's own layout and names (`model.image.naming` parses them). Patients cycle
 through the four subtypes of their class, and each class's first two patients are two
 letter-suffixed sections of one specimen (`22-NNNNNAB`, `22-NNNNNCD`), so specimen-level splitting
 is exercised; the two sections sit under different subtypes, as slide 14-13412 does in the real

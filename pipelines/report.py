@@ -5,8 +5,8 @@
 
 Flow: ReadPredictions (the runs' predictions*.csv, parsed strictly) -> ReportScores, the
 scorer's own reporting half (metrics.json, patients.csv, plots/, review.csv, report.html, then
-summary.json last; pipelines/reporting.py). No model is loaded and no image is scored; the
-gallery shows the runs' overlays (copied beside the report) and downsized originals, as the
+summary.json last; pipelines/reporting/transforms.py). No model is loaded and no image is scored;
+the gallery shows the runs' overlays (copied beside the report) and downsized originals, as the
 scorer's report does. Patterns are globs of predictions files, local or gs://, or run folders.
 """
 
@@ -27,37 +27,37 @@ from apache_beam.pvalue import AsSingleton
 from apache_beam.runners.runner import PipelineResult
 
 from model import storage
-from pipelines.aggregates import OutcomeCountsFn
-from pipelines.launch_checks import (
+from pipelines.launch.checks import (
     LaunchError,
     check_output_dir,
     check_remote_locations,
     check_review_limit,
 )
-from pipelines.prediction_files import ReadPredictions
-from pipelines.report_checks import (
+from pipelines.launch.report_checks import (
     check_not_an_input,
     check_rows,
     find_runs,
     report_threshold,
 )
-from pipelines.report_writer import (
+from pipelines.launch.worker_packages import pipeline_options
+from pipelines.reporting.aggregates import OutcomeCountsFn
+from pipelines.reporting.report_writer import (
     REPORT_KIND,
     RunNotFinished,
     build_report_summary,
     finished_summary,
 )
-from pipelines.reporting import RECORDS, REVIEW, ReportingConfig, ReportScores
-from pipelines.review import add_review_limit_flag, with_review
-from pipelines.run_outputs import remove_outputs
+from pipelines.reporting.review import add_review_limit_flag, with_review
+from pipelines.reporting.transforms import RECORDS, REVIEW, ReportingConfig, ReportScores
+from pipelines.runs.outputs import remove_outputs
+from pipelines.runs.prediction_files import ReadPredictions
+from pipelines.runs.scored_runs import ScoredRun
 from pipelines.score import (
     EXIT_LAUNCH_ERROR,
     EXIT_TOO_MANY_ERRORS,
     runner_description,
     runner_name,
 )
-from pipelines.scored_runs import ScoredRun
-from pipelines.worker_packages import pipeline_options
 
 logger = logging.getLogger(__name__)
 

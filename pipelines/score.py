@@ -6,12 +6,13 @@
         [--skip_scored DIR ...] [--model_copies N] [--overwrite] [-v] \
         [Beam options]
 
-Flow (pipelines/pipeline.py): MatchImages [-> SkipScored] -> ScoreImages (RunInference: read +
-decode + preprocess, one batched forward pass giving P(malignant) and Grad-CAM, overlay written
+Flow (pipelines/scoring/pipeline.py): MatchImages [-> SkipScored] -> ScoreImages (RunInference: read
++ decode + preprocess, one batched forward pass giving P(malignant) and Grad-CAM, overlay written
 in post-processing) -> CollectErrors -> WriteOutputs (predictions, errors) -> ReportScores
 (metrics, review, report.html, then summary.json last). Flags this module does not know
 (`--runner`, `--direct_num_workers`, `--project`, ...) go to Beam untouched. Several exports, or
-a cross-validation folder standing for its folds, score as one ensemble (pipelines/ensemble.py).
+a cross-validation folder standing for its folds, score as one ensemble
+(pipelines/ensemble/members.py).
 """
 
 from __future__ import annotations
@@ -35,12 +36,10 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineResult
 
 from model import storage
-from model.tensorflow_runtime import set_verbosity
-from pipelines.csv_output import CSV_SUFFIX, ERRORS_NAME
-from pipelines.ensemble import heatmap_units, threshold_rule
-from pipelines.ensemble_checks import check_model_dirs, default_views
-from pipelines.heatmaps import DEFAULT_HEATMAP_FORMAT, HEATMAP_FORMATS
-from pipelines.launch_checks import (
+from model.network.tensorflow_runtime import set_verbosity
+from pipelines.ensemble.checks import check_model_dirs, default_views
+from pipelines.ensemble.members import heatmap_units, threshold_rule
+from pipelines.launch.checks import (
     LaunchError,
     check_flags,
     check_inputs,
@@ -48,13 +47,15 @@ from pipelines.launch_checks import (
     check_output_dir,
     check_remote_locations,
 )
-from pipelines.pipeline import ScoringConfig, build_pipeline
-from pipelines.progress import DEFAULT_INTERVAL_SECONDS, quiet_worker_logs
-from pipelines.report_writer import RunNotFinished, finished_summary
-from pipelines.review import add_review_limit_flag
-from pipelines.run_outputs import remove_outputs
-from pipelines.skip_scored import check_skip_scored
-from pipelines.worker_packages import pipeline_options
+from pipelines.launch.worker_packages import pipeline_options
+from pipelines.reporting.report_writer import RunNotFinished, finished_summary
+from pipelines.reporting.review import add_review_limit_flag
+from pipelines.runs.outputs import remove_outputs
+from pipelines.runs.skip_scored import check_skip_scored
+from pipelines.scoring.csv_output import CSV_SUFFIX, ERRORS_NAME
+from pipelines.scoring.heatmaps import DEFAULT_HEATMAP_FORMAT, HEATMAP_FORMATS
+from pipelines.scoring.pipeline import ScoringConfig, build_pipeline
+from pipelines.scoring.progress import DEFAULT_INTERVAL_SECONDS, quiet_worker_logs
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +115,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         type=int,
         default=None,
         help="test-time augmentation: score 1, 2, 4 or 8 dihedral views of each image (turns "
-        "and mirrors, see model/tta.py); p is the sigmoid of their mean logit and p_std their "
-        "spread. Default: the model card's eval_tta (the views its threshold was chosen with), "
-        "1 for exports without it",
+        "and mirrors, see model/network/tta.py); p is the sigmoid of their mean logit and p_std "
+        "their spread. Default: the model card's eval_tta (the views its threshold was chosen "
+        "with), 1 for exports without it",
     )
     parser.add_argument(
         "--batch_size",

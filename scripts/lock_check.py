@@ -13,7 +13,7 @@ import sys
 
 from packaging.utils import canonicalize_name
 
-from pipelines.dependency_lock import installed_versions, locked_versions
+from pipelines.launch.dependency_lock import installed_versions, locked_versions
 
 # Installed beside the lock by design: the installer itself and this package (editable).
 NOT_LOCKED = {"pip", canonicalize_name("breakhis-vgg16-gradcam")}

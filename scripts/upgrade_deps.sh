@@ -28,9 +28,10 @@ git ls-files --cached --others --exclude-standard -z | tar --null -T - -cf - | t
 cd "$WORK"
 echo "upgrade_deps: locking the newest releases in $WORK"
 bash scripts/lock_deps.sh "${UPGRADE[@]}"
-CHANGED="$(diff <(grep -E '^[a-z0-9]' "$REPO/requirements/dev.txt" "$REPO/requirements/gpu.txt" | sort -u) \
-  <(grep -E '^[a-z0-9]' requirements/dev.txt requirements/gpu.txt | sort -u) \
-  | sed -n 's/^> //p' | sed 's/ *\\$//' | sort -u || true)"
+# Every pin as "file: package==version", to compare the two trees' locks.
+pins() { (cd "$1" && grep -E '^[a-z0-9]' requirements/dev.txt requirements/gpu.txt \
+  | sed 's/ *;.*//; s/ *\\$//' | sort -u); }
+CHANGED="$(diff <(pins "$REPO") <(pins .) | sed -n 's/^> //p' || true)"
 if [ -z "$CHANGED" ]; then
   echo "upgrade_deps: the lock already holds the newest releases; testing them anyway"
 else

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -34,7 +35,7 @@ def _setup_arguments() -> dict:
     return {
         keyword.arg: ast.literal_eval(keyword.value)
         for keyword in call.keywords
-        if keyword.arg in ("name", "install_requires")
+        if keyword.arg in ("name", "install_requires", "entry_points")
     }
 
 
@@ -48,15 +49,31 @@ def test_keras_lower_bound_excludes_every_known_safe_mode_bypass():
     assert keras.specifier.contains(importlib.metadata.version("keras"))
 
 
+@pytest.mark.parametrize("script", ["breakhis-train", "breakhis-score", "breakhis-report"])
+def test_each_console_script_is_installed_and_shows_its_commands_help(script):
+    targets = dict(
+        line.replace(" ", "").split("=", 1)
+        for line in _setup_arguments()["entry_points"]["console_scripts"]
+    )
+    module, function = targets[script].split(":")
+    assert callable(getattr(importlib.import_module(module), function))
+    installed = pathlib.Path(sys.executable).parent / script
+    result = subprocess.run(
+        [str(installed), "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--output_dir" in result.stdout
+
+
 def test_the_distribution_name_is_not_the_unrelated_pypi_project():
     assert _setup_arguments()["name"] != "breakhis-gradcam"
 
 
 def _template_files(root: pathlib.Path) -> set[str]:
-    """Every file under model/templates, as a path relative to the folder holding `model`."""
+    """Every file under model/reports/templates, relative to the folder holding `model`."""
     return {
         path.relative_to(root).as_posix()
-        for path in (root / "model" / "templates").rglob("*")
+        for path in (root / "model" / "reports" / "templates").rglob("*")
         if path.is_file() and "__pycache__" not in path.parts
     }
 
@@ -70,7 +87,7 @@ def test_the_report_templates_ship_in_the_sdist_and_render_once_installed_from_i
     for package in ("model", "train_job", "pipelines"):
         shutil.copytree(REPO_ROOT / package, source / package, ignore=ignore)
     expected = _template_files(REPO_ROOT)
-    assert {"model/templates/base.html", "model/templates/report.html"} <= expected
+    assert {"model/reports/templates/base.html", "model/reports/templates/report.html"} <= expected
 
     # The command Beam's stager runs when the `build` package is absent (as in this venv).
     dist = tmp_path / "dist"
@@ -95,7 +112,7 @@ def test_the_report_templates_ship_in_the_sdist_and_render_once_installed_from_i
     assert expected <= _template_files(site), sorted(expected - _template_files(site))
     render = (
         "import model, sys\n"
-        "from model.html_report import render_report\n"
+        "from model.reports.html_report import render_report\n"
         "print(model.__file__)\n"
         "print(render_report(title='installed', metrics=None, plots={}, gallery=[]))\n"
     )

@@ -14,8 +14,8 @@ import typing
 from typing import Any
 
 from model import storage
-from model.calibration import TEMPERATURE
 from model.constants import DEFAULT_IMAGE_SIZE, DEFAULT_STAIN_JITTER, MAGNIFICATIONS
+from model.network.calibration import TEMPERATURE
 from model.storage import DEFAULT_MAX_FILE_MB
 
 PRETRAINED_LEARNING_RATE = 1e-3
@@ -101,14 +101,14 @@ class TrainConfig:
     augment: bool = flag(True, "Augment training images (turns, flips, rotation, zoom, shift)")
     stain_jitter: float = flag(
         DEFAULT_STAIN_JITTER,
-        "HED stain jitter of training images (model/stain.py): each image's haematoxylin, eosin "
-        "and DAB concentrations scaled by U[1-S, 1+S] and shifted by U[-S, S]; 0 turns it off "
-        "(independent of --no_augment)",
+        "HED stain jitter of training images (model/image/stain.py): each image's haematoxylin, "
+        "eosin and DAB concentrations scaled by U[1-S, 1+S] and shifted by U[-S, S]; 0 turns it "
+        "off (independent of --no_augment)",
     )
     eval_tta: int = flag(
         1,
-        "Test-time views (1, 2, 4 or 8 turns and mirrors, model/tta.py) whose mean logit gives "
-        "the validation p the threshold is chosen on and the test p; recorded in the card as "
+        "Test-time views (1, 2, 4 or 8 turns and mirrors, model/network/tta.py) whose mean logit "
+        "gives the validation p the threshold is chosen on and the test p; recorded in the card as "
         "the scorer's default --tta",
     )
     steps_per_epoch: int | None = flag(

@@ -3,7 +3,7 @@
     python -m train_job.heatmap_scale --model_dir EXPORT [--write_card]
 
 Exports made before the training job recorded `heatmap_scale` show each map on its own peak.
-This computes the scale exactly as training does (`model.gradcam.heatmap_scale` on the
+This computes the scale exactly as training does (`model.network.gradcam.heatmap_scale` on the
 validation images, with the card's layers and eval_tta), prints it as JSON, and with
 `--write_card` records it in the export's model_card.json (nothing else changes; the card is
 replaced whole, so a kill leaves the old one or the new). Exit 2 when the folder has no
@@ -26,12 +26,12 @@ import numpy as np
 
 from model import storage
 from model.constants import MODEL_CARD_FILE
-from model.model_card import ModelCard, load_exported_model
-from model.preprocessing import preprocess_image
-from model.tensorflow_runtime import load_tensorflow, set_verbosity
-from train_job.atomic import replace_file
+from model.image.preprocessing import preprocess_image
+from model.network.model_card import ModelCard, load_exported_model
+from model.network.tensorflow_runtime import load_tensorflow, set_verbosity
+from train_job.run_state.atomic import replace_file
 
-# train_job.export's name for the file; not imported, so TensorFlow loads after set_verbosity.
+# train_job.export.files's name for the file; not imported, so TensorFlow loads after set_verbosity.
 SPLIT_FILE = "split.csv"
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ def export_heatmap_scale(
 ) -> tuple[ModelCard, float | None, int]:
     """(the export's card, its heatmap scale from its validation split, validation images)."""
     load_tensorflow()
-    from model.gradcam import gradcam_model, heatmap_scale
-    from model.tta import pass_chunks
+    from model.network.gradcam import gradcam_model, heatmap_scale
+    from model.network.tta import pass_chunks
 
     model, card = load_exported_model(model_dir)
     paths = validation_paths(model_dir)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 from model import storage
-from model.calibration import CALIBRATION_METHODS
 from model.constants import (
     MAGNIFICATIONS,
     MAX_IMAGE_SIZE,
@@ -17,7 +16,8 @@ from model.constants import (
     MIN_IMAGE_SIZE,
     TTA_CHOICES,
 )
-from model.naming import parse_breakhis_name
+from model.image.naming import parse_breakhis_name
+from model.network.calibration import CALIBRATION_METHODS
 from train_job.config import TrainConfig
 
 VGG16_BLOCKS: tuple[str, ...] = ("block1", "block2", "block3", "block4", "block5")

@@ -1,7 +1,7 @@
 """Train the BreakHis VGG16 classifier and export it: `python train_job/main.py --help`.
 
 With --folds K and no --fold, trains every fold in turn into <output_dir>/fold-<i>/ and then
-aggregates them into <output_dir>/cv/ (train_job/cross_validation.py); with --fold I, one fold
+aggregates them into <output_dir>/cv/ (train_job/cross_validation/run.py); with --fold I, one fold
 into --output_dir itself.
 
 Exit codes: 0 when the export is written (or was already complete with these flags), 2 when a
@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.tensorflow_runtime import load_tensorflow, set_verbosity  # noqa: E402
+from model.network.tensorflow_runtime import load_tensorflow, set_verbosity  # noqa: E402
 from train_job.config import (  # noqa: E402
     HelpFormatter,
     TrainConfig,
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("tensorflow", "absl"):  # their Python loggers repeat the native lines
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     load_tensorflow()
-    from model.architecture import WeightsUnavailableError
-    from train_job.cross_validation import cross_validate
-    from train_job.data import DataError
+    from model.network.architecture import WeightsUnavailableError
+    from train_job.cross_validation.run import cross_validate
+    from train_job.data.discovery import DataError
     from train_job.train import train
 
     try:

@@ -20,29 +20,26 @@ import keras
 import tensorflow as tf
 
 from model import storage
-from model.architecture import build_classifier
 from model.constants import CALIBRATED_LOGIT_LAYER
-from model.labels import label_index
-from model.model_card import ModelCard
+from model.evaluation.labels import label_index
+from model.network.architecture import build_classifier
+from model.network.model_card import ModelCard
 from model.storage import max_bytes_from_mb
-from train_job import data
-from train_job.checkpoint import Checkpoints
 from train_job.config import TrainConfig, normalized, result_settings
-from train_job.dataset import class_weights_for, evaluation_dataset, training_stream
-from train_job.distribute import choose_strategy
-from train_job.evaluation import (
+from train_job.data import discovery as data
+from train_job.data.dataset import class_weights_for, evaluation_dataset, training_stream
+from train_job.export.evaluation import (
     calibrate,
     decision_threshold,
     evaluation_report,
     predict,
     validation_heatmap_scale,
 )
-from train_job.export import HISTORY_FILE, LOG_DIR, publish
-from train_job.fit import fit_phases
-from train_job.launch_checks import check_flags
-from train_job.outputs import TrainingOutcome, write_outputs
-from train_job.rerun import check_same_split, prepare_output
-from train_job.worker_sync import (
+from train_job.export.files import HISTORY_FILE, LOG_DIR, publish
+from train_job.export.outputs import TrainingOutcome, write_outputs
+from train_job.fitting.distribute import choose_strategy
+from train_job.fitting.fit import fit_phases
+from train_job.fitting.worker_sync import (
     checkpoints_for,
     chief_decides,
     chief_model_here,
@@ -50,6 +47,9 @@ from train_job.worker_sync import (
     text_fingerprint,
     wait_for_every_worker,
 )
+from train_job.launch_checks import check_flags
+from train_job.run_state.checkpoint import Checkpoints
+from train_job.run_state.rerun import check_same_split, prepare_output
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from model.constants import CLASS_NAMES, MAGNIFICATIONS, SUBTYPES
-from model.naming import parse_breakhis_name
-from model.preprocessing import load_image
+from model.image.naming import parse_breakhis_name
+from model.image.preprocessing import load_image
 from model.synthetic_data import DATASET_SUBDIR, draw_tile, generate_dataset
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]

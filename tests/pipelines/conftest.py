@@ -35,7 +35,7 @@ def spread_logits(model, images: np.ndarray, spread: float = 2.0) -> None:
 
 def load_inputs(paths) -> np.ndarray:
     """The model input of each file, through the training preprocessing."""
-    from model.preprocessing import preprocess_image
+    from model.image.preprocessing import preprocess_image
 
     return np.stack([preprocess_image(pathlib.Path(p).read_bytes(), IMAGE_SIZE) for p in paths])
 
@@ -142,9 +142,9 @@ def tiny_export(tmp_path_factory, scoring_inputs) -> str:
     """A 32x32 VGG16 export with random weights and spread-out scores; returns its folder."""
     import keras
 
-    from model.architecture import build_classifier
-    from model.model_card import ModelCard
-    from train_job.export import write_export
+    from model.network.architecture import build_classifier
+    from model.network.model_card import ModelCard
+    from train_job.export.files import write_export
 
     keras.utils.set_random_seed(0)
     model = build_classifier(IMAGE_SIZE, weights="none", dense_units=16)
@@ -221,9 +221,9 @@ def write_member_export(
     """A tiny export of random weights (seeded) with spread scores; returns its folder."""
     import keras
 
-    from model.architecture import build_classifier
-    from model.model_card import ModelCard
-    from train_job.export import write_export
+    from model.network.architecture import build_classifier
+    from model.network.model_card import ModelCard
+    from train_job.export.files import write_export
 
     keras.utils.set_random_seed(seed)
     model = build_classifier(image_size, weights="none", dense_units=16)

@@ -31,7 +31,7 @@ from sklearn.metrics import (
 
 from model import storage
 from model.constants import CLASS_NAMES
-from model.metrics import score_bins
+from model.evaluation.metrics import score_bins
 
 
 def read_csv(path: str) -> list[dict[str, str]]:
@@ -57,7 +57,7 @@ def prediction_rows(output_dir: str) -> list[dict[str, str]]:
 
 
 def sklearn_metrics(y_true: Sequence[int], p: Sequence[float], threshold: float) -> dict:
-    """The metric dict of model.metrics, recomputed independently with scikit-learn."""
+    """The metric dict of model.evaluation.metrics, recomputed independently with scikit-learn."""
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(p, dtype=float)
     predicted = (p >= threshold).astype(int)
@@ -183,7 +183,7 @@ def assert_review_queue(output_dir: str, limit: int) -> dict[str, Any]:
     The reasons are recomputed here from the CSV files (the documented rules, applied to what
     the run wrote); the order from `review_priority`. Returns summary.json's "review" entry.
     """
-    from pipelines.review import (
+    from pipelines.reporting.review import (
         MODEL_REASONS,
         ReviewCandidate,
         near_threshold_band,

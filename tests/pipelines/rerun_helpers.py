@@ -10,8 +10,8 @@ import pathlib
 import shutil
 from collections.abc import Callable, Sequence
 
-from model.labels import predicted_label
-from pipelines.rows import PREDICTION_COLUMNS
+from model.evaluation.labels import predicted_label
+from pipelines.scoring.rows import PREDICTION_COLUMNS
 from tests.pipelines.helpers import read_csv, read_json
 
 

@@ -17,9 +17,9 @@ def synthetic_trained_export(tmp_path_factory, scoring_inputs) -> str:
     """A 32x32 classifier fit for two steps on the synthetic tiles, exported."""
     import keras
 
-    from model.architecture import build_classifier
-    from model.model_card import ModelCard
-    from train_job.export import write_export
+    from model.network.architecture import build_classifier
+    from model.network.model_card import ModelCard
+    from train_job.export.files import write_export
 
     keras.utils.set_random_seed(1)
     images = load_inputs(scoring_inputs.labelled)

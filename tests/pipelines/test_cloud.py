@@ -11,11 +11,11 @@ import pytest
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from model import storage
-from model.preprocessing import measure_image
+from model.image.preprocessing import measure_image
 from pipelines import report
-from pipelines.dependency_lock import RUNTIME_LOCK
-from pipelines.launch_checks import LaunchError
-from pipelines.model_checks import check_model_export
+from pipelines.launch.checks import LaunchError
+from pipelines.launch.dependency_lock import RUNTIME_LOCK
+from pipelines.launch.model_checks import check_model_export
 from tests.conftest import REPO_ROOT
 from tests.pipelines.conftest import run_scoring
 from tests.pipelines.helpers import assert_review_queue, prediction_rows, read_csv, read_json
@@ -179,9 +179,9 @@ def test_dataflow_job_graph_builds_offline_and_stages_the_packages(bucket_inputs
         }
     for module in (
         "pipelines/score.py",
-        "pipelines/model_handler.py",
-        "model/gradcam.py",
-        "train_job/export.py",
+        "pipelines/scoring/model_handler.py",
+        "model/network/gradcam.py",
+        "train_job/export/files.py",
     ):
         assert pathlib.PurePosixPath(module) in members, module
 

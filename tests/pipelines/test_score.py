@@ -16,10 +16,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from PIL import Image
 
-from model.naming import parse_breakhis_name
+from model.image.naming import parse_breakhis_name
 from pipelines import score
-from pipelines.model_handler import METRICS_NAMESPACE
-from pipelines.rows import PREDICTION_COLUMNS
+from pipelines.scoring.model_handler import METRICS_NAMESPACE
+from pipelines.scoring.rows import PREDICTION_COLUMNS
 from tests.pipelines.conftest import IMAGE_SIZE, load_inputs, mixed_inputs_argv, run_scoring
 from tests.pipelines.helpers import (
     assert_metrics_close,
@@ -33,7 +33,7 @@ from tests.pipelines.helpers import (
     read_json,
     sklearn_metrics,
 )
-from tests.pipelines.test_launcher import TENSORFLOW_BANNER
+from tests.pipelines.launch.test_launcher import TENSORFLOW_BANNER
 
 
 def _distribution_count(result, name: str) -> int:
@@ -93,7 +93,7 @@ def test_ground_truth_comes_from_breakhis_names_and_is_blank_otherwise(
 def test_scores_equal_a_plain_forward_pass_of_the_training_preprocessing(
     in_memory_run, scoring_inputs, tiny_export
 ):
-    from model.model_card import load_exported_model
+    from model.network.model_card import load_exported_model
 
     model, card = load_exported_model(tiny_export)
     paths = scoring_inputs.scorable
@@ -193,10 +193,10 @@ def test_patients_csv_summarises_each_patient(in_memory_run):
 
 def _expected_overlays(model_dir: str, paths: list[str], tta: int = 1, scale=None) -> list:
     """Each image's overlay drawn directly: its Grad-CAM map, scaled, blended on the original."""
-    from model.gradcam import gradcam_model, predict_with_gradcam
-    from model.model_card import load_exported_model
-    from model.overlay import overlay_heatmap, scale_heatmap
-    from model.preprocessing import decode_image
+    from model.image.overlay import overlay_heatmap, scale_heatmap
+    from model.image.preprocessing import decode_image
+    from model.network.gradcam import gradcam_model, predict_with_gradcam
+    from model.network.model_card import load_exported_model
 
     model, card = load_exported_model(model_dir)
     grad_model = gradcam_model(model, card.last_conv_layer, card.logit_layer)
@@ -268,9 +268,9 @@ def test_the_model_is_loaded_once_and_run_once_per_batch(in_memory_run, scoring_
 def test_multi_processing_runs_give_the_same_rows_in_shards(
     tmp_path, scoring_inputs, tiny_export, in_memory_run, capfd
 ):
-    from model.gradcam import gradcam_model, predict_with_gradcam
-    from model.model_card import load_exported_model
-    from model.overlay import heatmap_peaks
+    from model.image.overlay import heatmap_peaks
+    from model.network.gradcam import gradcam_model, predict_with_gradcam
+    from model.network.model_card import load_exported_model
 
     output_dir = tmp_path / "out"
     result = run_scoring(
@@ -383,7 +383,7 @@ def test_main_exits_non_zero_when_too_many_inputs_fail_and_logs_progress(
         "--progress_interval",
         "0",
     ]
-    with caplog.at_level(logging.INFO, logger="pipelines.progress"):
+    with caplog.at_level(logging.INFO, logger="pipelines.scoring.progress"):
         code = score.main(argv + ["--max_error_fraction", "0.5"])
     assert code == score.EXIT_TOO_MANY_ERRORS
     message = capsys.readouterr().err.strip()
@@ -411,9 +411,9 @@ def _tint(row: dict[str, str]) -> np.ndarray:
 def test_a_card_with_eval_tta_and_a_heatmap_scale_sets_the_runs_views_and_colours(
     tmp_path, scoring_inputs, tiny_export
 ):
-    from model.gradcam import gradcam_model, predict_with_gradcam
-    from model.model_card import load_exported_model
-    from model.overlay import heatmap_peaks
+    from model.image.overlay import heatmap_peaks
+    from model.network.gradcam import gradcam_model, predict_with_gradcam
+    from model.network.model_card import load_exported_model
 
     export = tmp_path / "export"
     shutil.copytree(tiny_export, export)

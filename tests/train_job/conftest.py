@@ -23,8 +23,8 @@ def no_decoding(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("an image was decoded before the launch checks finished")
 
-    monkeypatch.setattr("train_job.data.measure_image", refuse)
-    monkeypatch.setattr("train_job.dataset.load_image", refuse)
+    monkeypatch.setattr("train_job.data.discovery.measure_image", refuse)
+    monkeypatch.setattr("train_job.data.dataset.load_image", refuse)
 
 
 CV_FOLDS = 3

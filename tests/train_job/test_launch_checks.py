@@ -92,7 +92,7 @@ def test_train_itself_refuses_a_bad_block_before_phase_1(synthetic_data_dir, tmp
 
 
 def test_the_fine_tune_blocks_are_the_models_blocks():
-    from model.architecture import build_classifier, conv_block_names
+    from model.network.architecture import build_classifier, conv_block_names
 
     assert tuple(conv_block_names(build_classifier(32, "none", 8))) == VGG16_BLOCKS
 

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from model.model_card import load_exported_model, read_model_card
-from model.preprocessing import preprocess_image
+from model.image.preprocessing import preprocess_image
+from model.network.model_card import load_exported_model, read_model_card
 from train_job.config import FROM_SCRATCH_LEARNING_RATE, TrainConfig
 from train_job.train import train
 
@@ -90,7 +90,7 @@ def test_saved_model_signature_takes_rgb_images(trained):
     loaded = tf.saved_model.load(str(output_dir / "saved_model"))
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     served = loaded.signatures["serving_default"](images=tf.constant(images))["p_malignant"]
-    from model.preprocessing import normalize
+    from model.image.preprocessing import normalize
 
     expected = model.predict(normalize(images), verbose=0).ravel()
     np.testing.assert_allclose(served.numpy(), expected, atol=1e-5)
@@ -182,7 +182,7 @@ def test_training_report_shows_the_test_metrics_and_a_gallery(trained):
 def test_mixed_precision_exports_a_float32_scorer(synthetic_data_dir, tmp_path):
     import keras
 
-    from model.gradcam import gradcam_model, predict_with_gradcam
+    from model.network.gradcam import gradcam_model, predict_with_gradcam
 
     train(
         tiny_config(
@@ -211,7 +211,7 @@ def test_threshold_rule_warns_when_validation_has_few_patients(trained):
 
 
 def test_validation_caution_names_the_classes_with_few_patients():
-    from train_job.evaluation import few_validation_patients
+    from train_job.export.evaluation import few_validation_patients
 
     def rows(benign: int, malignant: int) -> list[dict]:
         return [{"slide_id": f"b{i}", "label": "benign"} for i in range(benign)] + [
@@ -224,8 +224,8 @@ def test_validation_caution_names_the_classes_with_few_patients():
 
 
 def test_card_records_training_sizes_and_what_each_quality_flag_would_have_caught(trained):
-    from model.preprocessing import measure_image
-    from model.quality import count_flags, quality_flags, size_range
+    from model.image.preprocessing import measure_image
+    from model.image.quality import count_flags, quality_flags, size_range
 
     _, output_dir = trained
     card = read_model_card(str(output_dir))
@@ -277,9 +277,9 @@ def test_the_card_records_one_view_and_the_validation_heatmap_scale(trained):
 def test_eval_tta_chooses_the_threshold_and_scores_the_test_split_on_view_averaged_p(
     synthetic_data_dir, tmp_path
 ):
-    from model.labels import label_index
-    from model.metrics import choose_threshold
-    from model.tta import logit_model, predict_with_tta
+    from model.evaluation.labels import label_index
+    from model.evaluation.metrics import choose_threshold
+    from model.network.tta import logit_model, predict_with_tta
 
     result = train(
         tiny_config(synthetic_data_dir, tmp_path, epochs=2, fine_tune_epochs=0, eval_tta=4)

@@ -1,0 +1,1 @@
+"""Evaluation: class rules, metrics, per-patient and per-magnification reports, cross-validation."""

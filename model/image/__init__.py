@@ -1,0 +1,1 @@
+"""One image: BreakHis naming, decoding and preprocessing, quality, stain jitter, overlays."""

@@ -1,0 +1,1 @@
+"""report.html of all three reports: templates, sections, plots, metric meanings, gallery assets."""

@@ -1,0 +1,1 @@
+"""Ensembles: several training exports scored as one, and their launch checks."""

@@ -1,0 +1,1 @@
+"""K-fold cross-validation: the one-command run, its folds, the aggregate and its report."""

@@ -1,0 +1,1 @@
+"""The training data: discovery and the specimen split, the tf.data input, input quality."""

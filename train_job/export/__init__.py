@@ -1,0 +1,1 @@
+"""The end of a training: calibration and test evaluation, report.html, the export's files."""

@@ -1,0 +1,158 @@
+"""The files of a training export, written with `model_card.json` last as the completion mark.
+
+An export is complete exactly when its card exists: the card is written after every other file
+succeeded (atomically; on gs:// uploaded after every other file), and deleted first when an
+export is removed. The scorer refuses a folder without a card.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from model import storage
+from model.constants import MODEL_CARD_FILE, MODEL_FILE, SAVED_MODEL_DIR
+from model.evaluation.fold_predictions import TEST_PREDICTIONS_FILE
+from model.image.preprocessing import normalize
+from model.network.model_card import ModelCard
+from model.reports.assets import REPORT_ASSETS_DIR
+from model.reports.plots import EVALUATION_PLOTS, TRAINING_CURVES_PLOT
+from train_job.data.discovery import SPLIT_FILE
+from train_job.run_state.atomic import replace_file, temporary_prefix
+from train_job.run_state.checkpoint import CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+REPORT_FILE = "report.html"
+LOG_DIR = "logs"  # TensorBoard, one folder per phase
+PHASES = ("phase1", "phase2")
+
+EXPORT_FILES: tuple[str, ...] = (
+    MODEL_CARD_FILE,  # first, so a removal starts by marking the export incomplete
+    MODEL_FILE,
+    METRICS_FILE,
+    TEST_PREDICTIONS_FILE,
+    SPLIT_FILE,
+    HISTORY_FILE,
+    REPORT_FILE,
+    *EVALUATION_PLOTS.values(),
+    TRAINING_CURVES_PLOT,
+)
+"""Every fixed file of an export ('/'-separated, relative to the output folder)."""
+EXPORT_FOLDERS: tuple[str, ...] = (
+    SAVED_MODEL_DIR,
+    CHECKPOINT_DIR,
+    *(f"{LOG_DIR}/{phase}" for phase in PHASES),
+)
+"""Folders whose whole content the training job writes."""
+_REPORT_ASSET = re.compile(rf"^{REPORT_ASSETS_DIR}/\d{{3}}_(original|overlay)\.png$")
+
+
+def is_export_file(relative: str) -> bool:
+    """Whether a '/'-separated path inside an output folder is one the training job writes."""
+    return (
+        relative in EXPORT_FILES
+        or relative.startswith(temporary_prefix(MODEL_CARD_FILE))  # a card write a kill cut
+        or any(relative.startswith(folder + "/") for folder in EXPORT_FOLDERS)
+        or _REPORT_ASSET.match(relative) is not None
+    )
+
+
+def export_files(output_dir: str) -> list[str]:
+    """The training job's files present in output_dir, the card first."""
+    prefix = output_dir.rstrip("/") + "/"
+    found = []
+    for path in storage.list_files(output_dir) if _exists_dir(output_dir) else []:
+        if storage.is_remote(output_dir):
+            relative = path[len(prefix) :]
+        else:
+            relative = os.path.relpath(path, output_dir).replace(os.sep, "/")
+        if is_export_file(relative):
+            found.append(path)
+    return sorted(found, key=lambda path: path != storage.join(output_dir, MODEL_CARD_FILE))
+
+
+def _exists_dir(output_dir: str) -> bool:
+    return storage.is_remote(output_dir) or os.path.isdir(output_dir)
+
+
+def delete_export(output_dir: str) -> int:
+    """Delete the training job's files (card first) and nothing else; returns how many."""
+    paths = export_files(output_dir)
+    for path in paths:  # one by one, in order: the card goes before anything else
+        storage.delete([path])
+    if not storage.is_remote(output_dir):
+        storage.remove_empty_folders(output_dir, _is_export_folder)
+    return len(paths)
+
+
+def _is_export_folder(relative: str) -> bool:
+    """Whether a folder (relative, '/'-separated) is one the export creates."""
+    return relative in ("plots", REPORT_ASSETS_DIR, LOG_DIR) or any(
+        relative == owned or relative.startswith(owned + "/") for owned in EXPORT_FOLDERS
+    )
+
+
+def write_model_files(model: keras.Model, image_size: int, directory: str) -> None:
+    """model.keras and saved_model/ (the serving signature) into a local folder."""
+    os.makedirs(directory, exist_ok=True)
+    model.save(os.path.join(directory, MODEL_FILE))
+    _write_saved_model(model, image_size, os.path.join(directory, SAVED_MODEL_DIR))
+
+
+def write_card(card: ModelCard, directory: str) -> None:
+    """model_card.json into a local folder, atomically: it appears whole or not at all."""
+    text = card.to_json()
+    replace_file(os.path.join(directory, MODEL_CARD_FILE), lambda s: s.write(text.encode()))
+
+
+def publish(local_dir: str, output_dir: str) -> None:
+    """Upload a finished local export to a remote output folder, the card after all else."""
+    card = os.path.join(local_dir, MODEL_CARD_FILE)
+    files = [path for path in storage.list_files(local_dir) if path != card]
+    for path in [*files, card]:
+        relative = os.path.relpath(path, local_dir).replace(os.sep, "/")
+        with open(path, "rb") as handle:
+            storage.write_bytes(storage.join(output_dir, *relative.split("/")), handle.read())
+    logger.debug("Uploaded %d files to %s", len(files) + 1, output_dir)
+
+
+def write_export(model: keras.Model, card: ModelCard, output_dir: str) -> None:
+    """Save the classifier in both formats with its card into output_dir (local or remote)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        local_dir = output_dir if not storage.is_remote(output_dir) else scratch
+        write_model_files(model, card.image_size, local_dir)
+        write_card(card, local_dir)
+        if local_dir != output_dir:
+            publish(local_dir, output_dir)
+    logger.info("Exported model to %s", output_dir)
+
+
+def _write_saved_model(model: keras.Model, image_size: int, path: str) -> None:
+    """A SavedModel whose `serving_default` takes RGB images in [0, 255] and returns P(malignant).
+
+    The signature applies the same VGG16 normalisation as `model.image.preprocessing`, so TF Serving
+    or Vertex AI clients send resized RGB pixels, not normalised tensors.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(images):
+        probability = model(normalize(tf.cast(images, tf.float32)), training=False)
+        return {"p_malignant": tf.reshape(probability, [-1])}
+
+    archive.add_endpoint(
+        name="serving_default",
+        fn=serve,
+        input_signature=[
+            tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
+        ],
+    )
+    archive.write_out(path, verbose=False)

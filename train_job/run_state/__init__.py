@@ -1,0 +1,1 @@
+"""A run's state on disk: checkpoints, atomic writes, and what a rerun into a used folder does."""
