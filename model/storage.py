@@ -71,6 +71,40 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def folder_key(path: str) -> str:
+    """A folder's path in one spelling, for comparing folders: remote without a trailing "/",
+    local absolute with symbolic links resolved."""
+    if is_remote(path):
+        return path.rstrip("/")
+    return os.path.realpath(path)
+
+
+def folders_overlap(first: str, second: str) -> bool:
+    """Whether two folders are the same, or one is inside the other."""
+    a, b = folder_key(first), folder_key(second)
+    if is_remote(a) != is_remote(b):
+        return False
+    separator = "/" if is_remote(a) else os.sep
+    return (
+        a == b
+        or a.startswith(b.rstrip(separator) + separator)
+        or b.startswith(a.rstrip(separator) + separator)
+    )
+
+
+def enclosing_folders(path: str) -> list[str]:
+    """The folder and every folder above it, nearest first (for gs://, down to the bucket)."""
+    key = folder_key(path)
+    if is_remote(key):
+        scheme, _, rest = key.partition("://")
+        parts = rest.split("/")
+        return [f"{scheme}://" + "/".join(parts[:end]) for end in range(len(parts), 0, -1)]
+    found = [key]
+    while os.path.dirname(found[-1]) != found[-1]:
+        found.append(os.path.dirname(found[-1]))
+    return found
+
+
 def join(base: str, *parts: str) -> str:
     """Join path components with the separator of the base path's filesystem."""
     if is_remote(base):

@@ -30,6 +30,7 @@ from model import storage
 from pipelines.launch.checks import (
     LaunchError,
     check_output_dir,
+    check_output_not_protected,
     check_remote_locations,
     check_review_limit,
 )
@@ -49,7 +50,7 @@ from pipelines.reporting.report_writer import (
 )
 from pipelines.reporting.review import add_review_limit_flag, with_review
 from pipelines.reporting.transforms import RECORDS, REVIEW, ReportingConfig, ReportScores
-from pipelines.runs.outputs import remove_outputs
+from pipelines.runs.manifest import start_run
 from pipelines.runs.prediction_files import ReadPredictions
 from pipelines.runs.scored_runs import ScoredRun
 from pipelines.score import (
@@ -205,6 +206,7 @@ def launch(
     runs = find_runs(args.predictions)
     threshold = report_threshold(runs, args.threshold)
     check_not_an_input(args.output_dir, runs)
+    check_output_not_protected(args.output_dir, {})
     earlier = check_output_dir(args.output_dir, args.overwrite)
     rows = check_rows(runs)  # last: it reads every row
     config = ReportingConfig(
@@ -217,9 +219,9 @@ def launch(
     pipeline = test_pipeline or beam.Pipeline(options=options)
     runner = runner_description(pipeline)
     dry_run = bool(pipeline.options.view_as(TestOptions).dry_run)
-    if earlier and not dry_run:
-        remove_outputs(config.output_dir, earlier)
     run_id = uuid.uuid4().hex
+    record = start_run(config.output_dir, earlier, run_id, "report", dry_run)
+    config = dataclasses.replace(config, launch_record=record)
     job = report_job(runs, threshold, args.threshold is not None, args, run_id, runner)
     logger.info(
         "Report %s: %d rows of %d run(s) of model %s at threshold %.4f (%s); outputs in %s",

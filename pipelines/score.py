@@ -45,12 +45,13 @@ from pipelines.launch.checks import (
     check_inputs,
     check_model_copies,
     check_output_dir,
+    check_output_not_protected,
     check_remote_locations,
 )
 from pipelines.launch.worker_packages import pipeline_options
 from pipelines.reporting.report_writer import RunNotFinished, finished_summary
 from pipelines.reporting.review import add_review_limit_flag
-from pipelines.runs.outputs import remove_outputs
+from pipelines.runs.manifest import EarlierRun, start_run
 from pipelines.runs.skip_scored import check_skip_scored
 from pipelines.scoring.csv_output import CSV_SUFFIX, ERRORS_NAME
 from pipelines.scoring.heatmaps import DEFAULT_HEATMAP_FORMAT, HEATMAP_FORMATS
@@ -203,10 +204,12 @@ def runner_name(options: PipelineOptions, test_pipeline: beam.Pipeline | None) -
     return options.view_as(StandardOptions).runner or "DirectRunner"
 
 
-def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig, list[str]]:
+def resolve_config(
+    args: argparse.Namespace, runner: str
+) -> tuple[ScoringConfig, EarlierRun | None]:
     """Check flags and locations (raising LaunchError) and read the model card.
 
-    Returns the config and the earlier run's files to remove (only with --overwrite).
+    Returns the config and what an earlier run left, to remove (only with --overwrite).
     """
     check_flags(
         args.batch_size,
@@ -240,6 +243,10 @@ def resolve_config(args: argparse.Namespace, runner: str) -> tuple[ScoringConfig
             "has" if len(ensemble.members) == 1 else f"of {', '.join(unscaled)} has",
             "" if len(ensemble.members) == 1 else "; the members' raw maps are averaged",
         )
+    check_output_not_protected(
+        args.output_dir,
+        {"--model_dir": [*args.model_dir, *(member.model_dir for member in ensemble.members)]},
+    )
     # Before check_output_dir: --skip_scored naming --output_dir is refused for what it is.
     skip_scored = check_skip_scored(args.skip_scored, ensemble.model_id, args.output_dir)
     earlier = check_output_dir(args.output_dir, args.overwrite)
@@ -289,10 +296,8 @@ def launch(
     pipeline = test_pipeline or beam.Pipeline(options=options)
     runner = runner_description(pipeline)
     dry_run = bool(pipeline.options.view_as(TestOptions).dry_run)
-    if earlier and dry_run:
-        logger.info("Dry run: the %d files of an earlier run stay", len(earlier))
-    elif earlier:
-        remove_outputs(config.output_dir, earlier)
+    record = start_run(config.output_dir, earlier, config.run_id, "scoring", dry_run)
+    config = dataclasses.replace(config, launch_record=record)
     job = {
         "run_id": config.run_id,
         "model_id": config.model_id,

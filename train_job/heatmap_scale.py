@@ -25,11 +25,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from model import storage
+from model.atomic import replace_file
 from model.constants import MODEL_CARD_FILE
 from model.image.preprocessing import preprocess_image
 from model.network.model_card import ModelCard, load_exported_model
 from model.network.tensorflow_runtime import load_tensorflow, set_verbosity
-from train_job.run_state.atomic import replace_file
 
 # train_job.export.files's name for the file; not imported, so TensorFlow loads after set_verbosity.
 SPLIT_FILE = "split.csv"

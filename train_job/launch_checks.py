@@ -118,7 +118,9 @@ def _weights_problem(weights: str) -> str | None:
 
 
 def check_locations(config: TrainConfig) -> None:
-    """The data folder holds a BreakHis-named image, the weights file exists, output writable."""
+    """Output apart from the data, the data folder holds a BreakHis-named image, the weights
+    file exists, the output folder is writable."""
+    _check_folders_apart(config)
     _check_data_dir(config)
     if config.weights.strip().lower() not in WEIGHT_KEYWORDS and not storage.exists(config.weights):
         raise LaunchError(f"--weights file {config.weights} does not exist")
@@ -162,13 +164,19 @@ def _some_file_names(data_dir: str, output_dir: str) -> list[str]:
     return names
 
 
-def _check_output_dir(config: TrainConfig) -> None:
-    """Not the data folder itself, and a file can be created and deleted there."""
-    output_dir = config.output_dir
-    if output_dir.rstrip("/") == config.data_dir.rstrip("/"):
+def _check_folders_apart(config: TrainConfig) -> None:
+    """The export never mixes with the data: --output_dir is not --data_dir, inside it or
+    holding it (a --restart there would delete from the data; data there would be trained on)."""
+    if storage.folders_overlap(config.output_dir, config.data_dir):
         raise LaunchError(
-            f"--output_dir must not be --data_dir itself ({output_dir}); use another folder"
+            f"--output_dir {config.output_dir} overlaps --data_dir {config.data_dir} (the same "
+            "folder, or one inside the other); write the export to a folder outside the data"
         )
+
+
+def _check_output_dir(config: TrainConfig) -> None:
+    """A file can be created and deleted in the output folder."""
+    output_dir = config.output_dir
     try:
         storage.check_writable_folder(output_dir)
     except storage.UnwritableFolderError as error:

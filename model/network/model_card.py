@@ -95,6 +95,15 @@ def missing_export_files(model_dir: str) -> list[str]:
     return [name for name in required if not storage.exists(storage.join(model_dir, name))]
 
 
+def enclosing_export(folder: str) -> str | None:
+    """The training export (a folder holding model_card.json) that folder is or lies inside,
+    nearest first; None when there is none."""
+    for candidate in storage.enclosing_folders(folder):
+        if storage.exists(storage.join(candidate, MODEL_CARD_FILE)):
+            return candidate
+    return None
+
+
 def read_model_card(model_dir: str) -> ModelCard:
     """The card of an export, local or remote."""
     return ModelCard.from_json(storage.read_text(storage.join(model_dir, MODEL_CARD_FILE)))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from model import storage
-from model.constants import IMAGE_EXTENSIONS, TTA_CHOICES
-from model.image.naming import basename, is_image_file, printable_path
-from pipelines.runs.outputs import earlier_outputs
+from model.constants import IMAGE_EXTENSIONS, MODEL_CARD_FILE, TTA_CHOICES
+from model.image.naming import is_image_file
+from model.network.model_card import enclosing_export
+from pipelines.runs.manifest import EarlierRun, earlier_run
+from pipelines.runs.outputs import files_in_words
 from pipelines.scoring.inputs import (
     MANIFEST_COLUMN,
     OutputFolder,
@@ -135,23 +137,42 @@ def _check_glob(pattern: str, normalized: str, output_folder: OutputFolder) -> s
     return normalized
 
 
-def check_output_dir(output_dir: str, overwrite: bool) -> list[str]:
-    """Create the output folder if needed, prove it writable; return an earlier run's files.
+def check_output_not_protected(output_dir: str, protected: Mapping[str, Sequence[str]]) -> None:
+    """--output_dir is none of the folders a run must never write into, with or without
+    --overwrite: it may not be, lie inside, or hold a folder the run reads its model from
+    (`protected`: flag -> folders), nor lie inside any training export (found by its
+    model_card.json), whose test evidence a scoring run would replace."""
+    for flag, folders in protected.items():
+        for folder in folders:
+            if storage.folders_overlap(output_dir, folder):
+                raise LaunchError(
+                    f"--output_dir {output_dir} overlaps {flag} {folder} (the same folder, or "
+                    "one inside the other); write the run's outputs to a folder of their own"
+                )
+    export = enclosing_export(output_dir)
+    if export is not None:
+        raise LaunchError(
+            f"--output_dir {output_dir} is inside the training export {export} (it holds "
+            f"{MODEL_CARD_FILE}); write the run's outputs to a folder outside every export"
+        )
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> EarlierRun | None:
+    """Create the output folder if needed, prove it writable; return what an earlier run left.
 
     Without --overwrite, a folder holding an earlier run's files is refused: a run's outputs
-    must all come from that run. With it, the files are returned for removal before the run.
+    must all come from that run. With it, they are returned for removal before the run.
     """
     try:
         storage.check_writable_folder(output_dir)
     except storage.UnwritableFolderError as error:
         raise LaunchError(f"--output_dir {output_dir} {error}") from error
-    earlier = earlier_outputs(output_dir)
-    if earlier and not overwrite:
-        names = ", ".join(printable_path(basename(path)) for path in earlier[:3])
-        more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
+    earlier = earlier_run(output_dir)
+    if earlier is not None and not overwrite:
         raise LaunchError(
-            f"--output_dir {output_dir} holds an earlier run's outputs ({names}{more}); pass "
-            "--overwrite to remove them before this run, or choose another folder"
+            f"--output_dir {output_dir} holds an earlier run's outputs ({earlier.describe()}): "
+            f"{files_in_words(output_dir, earlier.files)}; pass --overwrite to remove exactly "
+            "those before this run, or choose another folder"
         )
     return earlier
 

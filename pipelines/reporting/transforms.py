@@ -13,6 +13,8 @@ results.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton
@@ -27,6 +29,7 @@ from pipelines.reporting.review import (
     review_summary,
     write_review_csv,
 )
+from pipelines.runs.manifest import write_finished_manifest
 from pipelines.scoring.rows import is_qc_clean
 
 RECORDS = "records"
@@ -43,6 +46,9 @@ class ReportingConfig:
     review_limit: int
     gradcam: bool  # whether the rows link Grad-CAM overlays (the gallery needs them)
     max_bytes: int  # read cap for the originals the gallery shows downsized
+    # The run's manifest at launch (pipelines.runs.manifest): the finished manifest, listing
+    # every file the run wrote, goes just before summary.json. None: no manifest is written.
+    launch_record: Mapping[str, Any] | None = None
 
 
 class ReviewQueue(beam.PTransform):
@@ -153,11 +159,21 @@ class WriteReports(beam.PTransform):
             gradcam=config.gradcam,
             max_bytes=config.max_bytes,
         )
+        written = {name: AsList(files) for name, files in finished.items()}
+        if config.launch_record is not None:
+            # After every other output, before summary.json: the list of what the run wrote.
+            manifest = report | "WriteManifest" >> beam.Map(
+                write_finished_manifest,
+                output_dir=config.output_dir,
+                launch_record=dict(config.launch_record),
+                **written,
+            )
+            written = {"manifest": AsSingleton(manifest)}
         return summary | "WriteSummary" >> beam.Map(
             write_summary,
             output_dir=config.output_dir,
             report=AsSingleton(report),
-            **{name: AsList(written) for name, written in finished.items()},
+            **written,
         )
 
 

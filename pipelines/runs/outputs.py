@@ -1,10 +1,11 @@
-"""The files a scoring run writes into --output_dir: finding an earlier run's, removing them.
+"""The files a scoring run writes into --output_dir, by name, and removing an earlier run's.
 
 A run's outputs must all come from that run. So a folder holding an earlier run's files is
 refused at launch unless --overwrite is given, and then exactly those files are removed before
 the run starts: summary.json first (so no half-removed folder reads as a finished run), then the
-report, then the rest. A user's own files, in the folder or in its subfolders, are never named
-here and never touched.
+report, then the rest, and the manifest last. Which files an earlier run wrote is its
+manifest's to say (`pipelines.runs.manifest`); the names here find the candidates, and are the
+whole rule only for a folder an older release wrote, without a manifest.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 
 from model import storage
+from model.image.naming import printable_path
 from model.reports.assets import REPORT_ASSETS_DIR
 from model.reports.html_report import REPORT_FILE
 from model.reports.plots import EVALUATION_PLOTS
@@ -27,7 +30,9 @@ logger = logging.getLogger(__name__)
 _BEAM_TEMP = re.compile(
     rf"beam-temp-(?:{PREDICTIONS_NAME}|{ERRORS_NAME})-[0-9a-f]{{32}}"
 )  # Beam's text sink stages shards in beam-temp-<file prefix>-<uuid1 hex>/ beside the files
+MANIFEST_FILE = "manifest.json"
 _TOP_LEVEL_FILES = {
+    MANIFEST_FILE,
     SUMMARY_FILE,
     REPORT_FILE,
     METRICS_FILE,
@@ -79,29 +84,39 @@ def _candidate_files(output_dir: str) -> list[str]:
     return found
 
 
-def earlier_outputs(output_dir: str) -> list[str]:
-    """Full paths of the scorer's files already in output_dir, in the order to remove them."""
-    relative = [path for path in _candidate_files(output_dir) if is_run_output(path)]
-    first = [name for name in _FIRST if name in relative]
-    rest = sorted(set(relative) - set(first))
-    return [storage.join(output_dir, *path.split("/")) for path in first + rest]
+def output_files(output_dir: str) -> list[str]:
+    """Full paths of the files in output_dir whose names are ones the scorer writes, sorted."""
+    relative = sorted(path for path in _candidate_files(output_dir) if is_run_output(path))
+    return [storage.join(output_dir, *path.split("/")) for path in relative]
 
 
-def remove_outputs(output_dir: str, paths: list[str]) -> None:
-    """Delete the given scorer files (as listed by earlier_outputs), the first ones one by one.
+def remove_outputs(output_dir: str, paths: Sequence[str]) -> None:
+    """Delete the given files of an earlier run, in their order: summary.json and the report
+    one by one first, the manifest one last, the rest together between them.
 
     Locally, scorer folders left empty (and Beam's temporary folders) are removed too.
     """
+    ordered = list(paths)
     first = {storage.join(output_dir, name) for name in _FIRST}
-    for path in [path for path in paths if path in first]:
+    last = storage.join(output_dir, MANIFEST_FILE)
+    for path in [path for path in ordered if path in first]:
         storage.delete([path])  # one by one, in order, before anything else
-    storage.delete([path for path in paths if path not in first])
+    storage.delete([path for path in ordered if path not in first and path != last])
+    if last in ordered:
+        storage.delete([last])
     if not storage.is_remote(output_dir):
         storage.remove_empty_folders(output_dir, _is_own_folder)
-    logger.info("--overwrite: removed %d files of an earlier run from %s", len(paths), output_dir)
 
 
 def _is_own_folder(relative: str) -> bool:
     """Whether a folder (relative, "/"-separated) is one the scorer creates."""
     top = relative.split("/")[0]
     return top in _OWN_FOLDERS or bool(_BEAM_TEMP.fullmatch(top))
+
+
+def files_in_words(output_dir: str, paths: Sequence[str], shown: int = 3) -> str:
+    """A count and the first few names of files in output_dir, for a one-line message."""
+    prefix = storage.join(output_dir, "")
+    names = ", ".join(printable_path(path[len(prefix) :]) for path in paths[:shown])
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return f"{len(paths)} file{'s' if len(paths) != 1 else ''} ({names}{more})"

@@ -58,9 +58,7 @@ class ScoredRun(NamedTuple):
 
 def same_folder(first: str, second: str) -> bool:
     """Whether two folder names are one folder (locally after links; on gs:// as written)."""
-    if storage.is_remote(first) or storage.is_remote(second):
-        return first.rstrip("/") == second.rstrip("/")
-    return os.path.realpath(first) == os.path.realpath(second)
+    return storage.folder_key(first) == storage.folder_key(second)
 
 
 def parent_folder(path: str) -> str:

@@ -13,6 +13,7 @@ as a side input, so a summary exists only beside a finished run's outputs. SkipS
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -73,6 +74,8 @@ class ScoringConfig:
     model_copies: int | None = None  # models per machine shared by its processes; None: per process
     # --skip_scored: the earlier runs' predictions files; their images are not scored again
     skip_scored: tuple[PredictionsFile, ...] = ()
+    # The run's manifest at launch (pipelines.runs.manifest); None: no manifest is written
+    launch_record: Mapping[str, Any] | None = None
 
     @property
     def reporting(self) -> ReportingConfig:
@@ -83,6 +86,7 @@ class ScoringConfig:
             review_limit=self.review_limit,
             gradcam=self.gradcam,
             max_bytes=self.max_bytes,
+            launch_record=self.launch_record,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -105,7 +106,9 @@ def test_the_fine_tune_blocks_are_the_models_blocks():
         ("wrong_magnification", "holds no BreakHis-named image"),
         ("weights_file", "--weights file"),
         ("output_is_a_file", "is a file, not a folder"),
-        ("output_is_data", "must not be --data_dir itself"),
+        ("output_is_data", "overlaps --data_dir"),
+        ("output_inside_data", "overlaps --data_dir"),
+        ("data_inside_output", "overlaps --data_dir"),
     ],
 )
 def test_a_bad_location_stops_the_job_with_one_line(
@@ -127,6 +130,12 @@ def test_a_bad_location_stops_the_job_with_one_line(
         output_dir.write_text("a file")
     elif where == "output_is_data":
         output_dir = data_dir
+    elif where == "output_inside_data":
+        output_dir = data_dir / "export"
+    elif where == "data_inside_output":
+        data_dir = tmp_path / "data"
+        shutil.copytree(synthetic_data_dir, data_dir)
+        output_dir = tmp_path
     code, stderr = run_main([*base_argv(data_dir, output_dir), *extra], capsys)
     assert code == 2
     assert stderr.startswith("error: ") and message in stderr, stderr
@@ -149,8 +158,9 @@ def test_an_unwritable_output_dir_on_a_read_only_path_stops_the_job(synthetic_da
 
 
 def test_the_command_line_reports_a_launch_error_without_a_traceback(tmp_path):
+    (tmp_path / "data").mkdir()  # no BreakHis image in it
     completed = subprocess.run(
-        [sys.executable, "train_job/main.py", *base_argv(tmp_path, tmp_path / "out")],
+        [sys.executable, "train_job/main.py", *base_argv(tmp_path / "data", tmp_path / "out")],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from model import storage
+from model.atomic import replace_file, temporary_prefix
 from model.constants import MODEL_CARD_FILE, MODEL_FILE, SAVED_MODEL_DIR
 from model.evaluation.fold_predictions import TEST_PREDICTIONS_FILE
 from model.image.preprocessing import normalize
@@ -23,7 +24,6 @@ from model.network.model_card import ModelCard
 from model.reports.assets import REPORT_ASSETS_DIR
 from model.reports.plots import EVALUATION_PLOTS, TRAINING_CURVES_PLOT
 from train_job.data.discovery import SPLIT_FILE
-from train_job.run_state.atomic import replace_file, temporary_prefix
 from train_job.run_state.checkpoint import CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)

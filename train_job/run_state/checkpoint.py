@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from model import storage
-from train_job.run_state.atomic import replace_file, temporary_prefix
+from model.atomic import replace_file, temporary_prefix
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from PIL import Image
 from model import storage
 from pipelines import score
 from pipelines.reporting import report_writer
-from pipelines.runs.outputs import earlier_outputs, is_run_output
+from pipelines.runs.manifest import earlier_run
+from pipelines.runs.outputs import is_run_output
 from tests.conftest import REPO_ROOT
 from tests.pipelines.helpers import prediction_rows, read_csv, read_json
 
@@ -125,7 +126,7 @@ def test_overwrite_lists_only_the_scorers_own_file_names(tmp_path):
     for relative in own:
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_bytes(b"x")
-    found = earlier_outputs(str(tmp_path))
+    found = earlier_run(str(tmp_path)).files  # no manifest: the scorer's file names
     assert [os.path.relpath(path, tmp_path) for path in found[:2]] == [
         "summary.json",
         "report.html",
@@ -141,7 +142,9 @@ def test_a_folder_holding_only_a_review_csv_is_an_earlier_runs_and_overwrite_rem
     (output_dir / "review.csv").write_text("rank,image_path\n1,/old/run.png\n")
     argv = _argv(scoring_inputs.unlabelled, output_dir, "--model_dir", tiny_export, "--no_gradcam")
     assert score.main(argv) == score.EXIT_LAUNCH_ERROR
-    assert "earlier run's outputs (review.csv)" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "earlier run's outputs (a run; no manifest.json" in error
+    assert "1 file (review.csv)" in error
     assert (output_dir / "review.csv").read_text().endswith("/old/run.png\n")
 
     assert score.main([*argv, "--overwrite"]) == 0
@@ -257,13 +260,13 @@ def test_an_output_folder_inside_the_input_is_never_scored(tmp_path, scoring_inp
     argv = _argv([root], output_dir, "--model_dir", tiny_export)
     assert score.main(argv) == 0
     first = _assert_one_run(str(output_dir), inputs)
-    assert first["output_files_excluded"] == 0
+    assert first["output_files_excluded"] == 1  # its own launch record, manifest.json
     shutil.copyfile(inputs[0], output_dir / "my_copy.png")  # a user's image in the output folder
 
     assert score.main([*argv, "--overwrite"]) == 0
     second = _assert_one_run(str(output_dir), inputs)
     assert second["inputs_matched"] == len(inputs)
-    assert second["output_files_excluded"] == 1
+    assert second["output_files_excluded"] == 2  # the user's image and the launch record
     assert (output_dir / "my_copy.png").exists()
 
 

@@ -13,6 +13,7 @@ from model.constants import CV_DIR, MODEL_CARD_FILE, fold_dir_name
 from model.reports.sections import format_metric
 from tests.train_job.conftest import CV_FOLDS
 from train_job.cross_validation import aggregate as cv_report
+from train_job.cross_validation.aggregate_files import CV_PLOTS
 from train_job.cross_validation.aggregate_report import MAX_MISTAKES
 
 
@@ -235,7 +236,7 @@ def test_the_report_shows_mean_sd_and_the_out_of_fold_mistakes_with_their_folds_
     # planted one and whatever the tiny models got wrong themselves).
     mistakes = sum(row["predicted_label"] != row["true_label"] for row in oof)
     shown = min(mistakes, MAX_MISTAKES)
-    assert len(page["images"]) == len(cv_report.CV_PLOTS) + 2 * shown
+    assert len(page["images"]) == len(CV_PLOTS) + 2 * shown
     cells = page["metric_cells"]
     assert len(cells) > 50
     for path, shown in cells:

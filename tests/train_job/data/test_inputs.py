@@ -87,9 +87,7 @@ def test_an_output_folder_inside_the_data_folder_is_not_data(synthetic_data_dir,
 @pytest.mark.slow
 def test_training_on_odd_files_writes_valid_utf8_everywhere(odd_data_dir):
     root, expected = odd_data_dir
-    output_dir = root / "export"  # inside the data folder
-    (output_dir / "report_assets").mkdir(parents=True)
-    shutil.copy(sorted(root.rglob("*.png"))[0], output_dir / "SOB_M_DC-22-54321-40-001.png")
+    output_dir = root.parent / f"{root.name}-export"  # beside the data: never inside it
     config = tiny_config(root, output_dir, epochs=1, fine_tune_epochs=0, max_file_mb=1.0)
     train(config)
     card_text = (output_dir / "model_card.json").read_bytes().decode("utf-8")

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from model import storage
+from model.atomic import replace_file
 from model.constants import MODEL_CARD_FILE
 from model.network.model_card import load_exported_model, read_model_card
 from pipelines.launch.checks import LaunchError
@@ -17,7 +18,6 @@ from tests.train_job.run_state.test_resume import KillAfterEpochs, Killed
 from tests.train_job.test_train import tiny_config
 from train_job import heatmap_scale
 from train_job.export import files as export
-from train_job.run_state.atomic import replace_file
 from train_job.run_state.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from train_job.train import train
 
