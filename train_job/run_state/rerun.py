@@ -38,8 +38,9 @@ def prepare_output(
     """
     output_dir = config.output_dir
     if restart and checkpoints.writer:
+        earlier = _earlier_run_in_words(output_dir, checkpoints)
         deleted = delete_export(output_dir)
-        logger.info("--restart: deleted %d files of an earlier run in %s", deleted, output_dir)
+        logger.info("--restart: deleted %d files of %s in %s", deleted, earlier, output_dir)
     card = check_earlier_run(config, checkpoints, replicas)
     if card is None and checkpoints.recorded_run() is not None:
         logger.info("Checkpoints in %s were made with these flags", checkpoints.location)
@@ -79,6 +80,23 @@ def check_earlier_run(
                 f"{START_OVER}"
             )
     return None
+
+
+def _earlier_run_in_words(output_dir: str, checkpoints: Checkpoints) -> str:
+    """Which earlier run --restart removes: the export's model id and date, or an interrupted
+    run's checkpoints; read leniently (a broken card or record is still removed)."""
+    try:
+        card = read_model_card(output_dir)
+        return f"export {card.model_id} (created {card.created_at or 'at an unrecorded time'})"
+    except Exception:  # no card, or one this job cannot read: what is there is removed anyway
+        pass
+    try:
+        recorded = checkpoints.recorded_run()
+    except Exception:
+        recorded = None
+    if recorded is not None:
+        return "an interrupted run (its checkpoints)"
+    return "an earlier run"
 
 
 def _existing_card(output_dir: str) -> ModelCard | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -187,7 +188,7 @@ class ExpectGone(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-def test_restart_deletes_exactly_the_export_and_trains_from_scratch(trained, tmp_path):
+def test_restart_deletes_exactly_the_export_and_trains_from_scratch(trained, tmp_path, caplog):
     _, exported = trained
     output_dir = tmp_path / "out"
     shutil.copytree(exported, output_dir)
@@ -201,7 +202,10 @@ def test_restart_deletes_exactly_the_export_and_trains_from_scratch(trained, tmp
     old_card = read_model_card(str(output_dir))
     config = dataclasses.replace(config_of(old_card), output_dir=str(output_dir), seed=5)
     gone = ExpectGone([output_dir / path for path in ours])
-    result = train(config, restart=True, callbacks=[gone])
+    with caplog.at_level(logging.INFO, logger="train_job.run_state.rerun"):
+        result = train(config, restart=True, callbacks=[gone])
+    said = f"files of export {old_card.model_id} (created {old_card.created_at}) in {output_dir}"
+    assert any(said in record.getMessage() for record in caplog.records)
     assert len(result.history["loss"]) == sum(result.epochs_run.values())  # all trained anew
     for name in user_files:
         assert (output_dir / name).read_text() == f"the user's {name}", name
