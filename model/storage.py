@@ -15,10 +15,12 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
+
+from model.image.naming import printable_path
 
 logger = logging.getLogger(__name__)
 
@@ -300,3 +302,11 @@ def remove_empty_folders(root: str, is_own: Callable[[str], bool]) -> None:
         relative = os.path.relpath(folder, root).replace(os.sep, "/")
         if relative != "." and is_own(relative) and not os.listdir(folder):
             os.rmdir(folder)
+
+
+def files_in_words(output_dir: str, paths: Sequence[str], shown: int = 3) -> str:
+    """A count and the first few names of files in output_dir, for a one-line message."""
+    prefix = join(output_dir, "")
+    names = ", ".join(printable_path(path[len(prefix) :]) for path in paths[:shown])
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return f"{len(paths)} file{'s' if len(paths) != 1 else ''} ({names}{more})"

@@ -35,7 +35,7 @@ from train_job.export.evaluation import (
     predict,
     validation_heatmap_scale,
 )
-from train_job.export.files import HISTORY_FILE, LOG_DIR, publish
+from train_job.export.files import HISTORY_FILE, LOG_DIR, export_looking_files, publish
 from train_job.export.outputs import TrainingOutcome, write_outputs
 from train_job.fitting.distribute import choose_strategy
 from train_job.fitting.fit import fit_phases
@@ -117,13 +117,19 @@ def _train(config, strategy, restart, callbacks) -> TrainResult:
         "settings or images (result-changing flags, or the images under --data_dir)",
     )
     if checkpoints.writer and checkpoints.recorded_run() is None:
-        checkpoints.record_run(result_settings(config), replicas, split.text)
+        checkpoints.record_run(
+            result_settings(config),
+            replicas,
+            split.text,
+            foreign_files=export_looking_files(config.output_dir),
+        )
     with _work_dir(config.output_dir, checkpoints.writer) as work_dir:
         model, outcome = _fit_and_evaluate(
             config, strategy, split, checkpoints, work_dir, callbacks
         )
         if checkpoints.writer:
-            write_outputs(config, work_dir, model, outcome)
+            foreign = (checkpoints.recorded_run() or {}).get("foreign_files", [])
+            write_outputs(config, work_dir, model, outcome, foreign)
             if work_dir != config.output_dir:
                 publish(work_dir, config.output_dir)
             checkpoints.delete()

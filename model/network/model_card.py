@@ -61,6 +61,9 @@ class ModelCard:
     calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     created_at: str = ""
+    # Every file the training run wrote into its folder besides this card ('/'-separated,
+    # relative): what its --restart removes. [] in cards made before it (found by name then).
+    export_files: list[str] = dataclasses.field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:

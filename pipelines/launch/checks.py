@@ -10,7 +10,6 @@ from model.constants import IMAGE_EXTENSIONS, MODEL_CARD_FILE, TTA_CHOICES
 from model.image.naming import is_image_file
 from model.network.model_card import enclosing_export
 from pipelines.runs.manifest import EarlierRun, earlier_run
-from pipelines.runs.outputs import files_in_words
 from pipelines.scoring.inputs import (
     MANIFEST_COLUMN,
     OutputFolder,
@@ -171,8 +170,8 @@ def check_output_dir(output_dir: str, overwrite: bool) -> EarlierRun | None:
     if earlier is not None and not overwrite:
         raise LaunchError(
             f"--output_dir {output_dir} holds an earlier run's outputs ({earlier.describe()}): "
-            f"{files_in_words(output_dir, earlier.files)}; pass --overwrite to remove exactly "
-            "those before this run, or choose another folder"
+            f"{storage.files_in_words(output_dir, earlier.files)}; pass --overwrite to remove "
+            "exactly those before this run, or choose another folder"
         )
     return earlier
 

@@ -25,7 +25,7 @@ from model import storage
 from model.atomic import replace_file
 from model.reports.html_report import REPORT_FILE
 from pipelines.reporting.report_writer import SUMMARY_FILE, read_summary
-from pipelines.runs.outputs import MANIFEST_FILE, files_in_words, output_files, remove_outputs
+from pipelines.runs.outputs import MANIFEST_FILE, output_files, remove_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def remove_earlier_run(output_dir: str, earlier: EarlierRun) -> None:
         )
     logger.info(
         "--overwrite: removing %s of %s from %s",
-        files_in_words(output_dir, earlier.files),
+        storage.files_in_words(output_dir, earlier.files),
         earlier.describe(),
         output_dir,
     )

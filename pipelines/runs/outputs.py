@@ -16,7 +16,6 @@ import re
 from collections.abc import Sequence
 
 from model import storage
-from model.image.naming import printable_path
 from model.reports.assets import REPORT_ASSETS_DIR
 from model.reports.html_report import REPORT_FILE
 from model.reports.plots import EVALUATION_PLOTS
@@ -112,11 +111,3 @@ def _is_own_folder(relative: str) -> bool:
     """Whether a folder (relative, "/"-separated) is one the scorer creates."""
     top = relative.split("/")[0]
     return top in _OWN_FOLDERS or bool(_BEAM_TEMP.fullmatch(top))
-
-
-def files_in_words(output_dir: str, paths: Sequence[str], shown: int = 3) -> str:
-    """A count and the first few names of files in output_dir, for a one-line message."""
-    prefix = storage.join(output_dir, "")
-    names = ", ".join(printable_path(path[len(prefix) :]) for path in paths[:shown])
-    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
-    return f"{len(paths)} file{'s' if len(paths) != 1 else ''} ({names}{more})"

@@ -4,8 +4,9 @@
 
 Writes (local or gs://) `oof_predictions.csv` (every image once, scored by the fold model that
 held it out, at that fold's threshold), `plots/`, `report.html` with `report_assets/`, and last
-`cv_metrics.json`, whose presence marks a complete aggregate (it is deleted first when an
-aggregate is replaced). Rerun on the same fold exports (same model ids), it does nothing.
+`cv_metrics.json`, whose presence marks a complete aggregate and whose `files` lists every
+other file it wrote (it is deleted first when an aggregate is replaced, and only the files it
+lists with it). Rerun on the same fold exports (same model ids), it does nothing.
 
 Exit codes: 0 written (or already complete for these folds), 2 with one `error:` line when the
 folders do not form one cross-validation or the output folder cannot be written, 1 otherwise.
@@ -32,7 +33,9 @@ from model.evaluation.fold_predictions import (
 from model.storage import DEFAULT_MAX_FILE_MB, max_bytes_from_mb
 from train_job.cross_validation.aggregate_files import (
     CV_METRICS_FILE,
-    aggregate_files,
+    aggregate_looking_files,
+    files_written,
+    remove_earlier_aggregate,
 )
 from train_job.cross_validation.folds import CrossValidationError, Fold, read_folds
 
@@ -107,8 +110,8 @@ def write_cv(
         raise CrossValidationError(f"--output_dir {output_dir} {error}") from None
     # cv_metrics.json goes first: a run killed while replacing the aggregate leaves it
     # marked incomplete, and no picture of the earlier gallery stays behind.
-    for path in aggregate_files(output_dir):
-        storage.delete([path])
+    remove_earlier_aggregate(output_dir, "new fold models")
+    foreign = aggregate_looking_files(output_dir)  # not its own: a user's, kept
     metrics, rows, reports = aggregate(folds)
     text = predictions_csv_text(rows, OOF_COLUMNS)
     storage.write_text(storage.join(output_dir, OOF_PREDICTIONS_FILE), text)
@@ -117,6 +120,7 @@ def write_cv(
     )
 
     write_plots_and_report(output_dir, folds, rows, reports, metrics, max_bytes)
+    metrics = {**metrics, "files": files_written(output_dir, foreign)}
     metrics_text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
     storage.write_text(storage.join(output_dir, CV_METRICS_FILE), metrics_text)
     _log_headline(metrics)

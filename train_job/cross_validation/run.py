@@ -97,10 +97,6 @@ def cross_validate(
 
 def delete_aggregate(cv_dir: str) -> None:
     """--restart: delete the aggregate's files (cv_metrics.json first) and nothing else."""
-    from train_job.cross_validation.aggregate import aggregate_files
+    from train_job.cross_validation.aggregate_files import remove_earlier_aggregate
 
-    paths = aggregate_files(cv_dir)
-    for path in paths:
-        storage.delete([path])
-    if paths:
-        logger.info("--restart: deleted %d files of an earlier aggregate in %s", len(paths), cv_dir)
+    remove_earlier_aggregate(cv_dir, "--restart")

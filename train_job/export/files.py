@@ -2,7 +2,8 @@
 
 An export is complete exactly when its card exists: the card is written after every other file
 succeeded (atomically; on gs:// uploaded after every other file), and deleted first when an
-export is removed. The scorer refuses a folder without a card.
+export is removed. The scorer refuses a folder without a card. The card lists the files the
+run wrote (`files_written`), so --restart removes those and no file of a user's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Collection, Sequence
 
 import keras
 import tensorflow as tf
@@ -24,7 +26,7 @@ from model.network.model_card import ModelCard
 from model.reports.assets import REPORT_ASSETS_DIR
 from model.reports.plots import EVALUATION_PLOTS, TRAINING_CURVES_PLOT
 from train_job.data.discovery import SPLIT_FILE
-from train_job.run_state.checkpoint import CHECKPOINT_DIR
+from train_job.run_state.checkpoint import CHECKPOINT_DIR, is_checkpoint_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,6 @@ EXPORT_FILES: tuple[str, ...] = (
 """Every fixed file of an export ('/'-separated, relative to the output folder)."""
 EXPORT_FOLDERS: tuple[str, ...] = (
     SAVED_MODEL_DIR,
-    CHECKPOINT_DIR,
     *(f"{LOG_DIR}/{phase}" for phase in PHASES),
 )
 """Folders whose whole content the training job writes."""
@@ -56,46 +57,61 @@ _REPORT_ASSET = re.compile(rf"^{REPORT_ASSETS_DIR}/\d{{3}}_(original|overlay)\.p
 
 
 def is_export_file(relative: str) -> bool:
-    """Whether a '/'-separated path inside an output folder is one the training job writes."""
+    """Whether a '/'-separated path inside an output folder is named like one the training job
+    writes (the export, its TensorBoard logs and its checkpoints)."""
+    parent, _, name = relative.rpartition("/")
     return (
         relative in EXPORT_FILES
         or relative.startswith(temporary_prefix(MODEL_CARD_FILE))  # a card write a kill cut
+        or (parent == CHECKPOINT_DIR and is_checkpoint_file(name))
         or any(relative.startswith(folder + "/") for folder in EXPORT_FOLDERS)
         or _REPORT_ASSET.match(relative) is not None
     )
 
 
-def export_files(output_dir: str) -> list[str]:
-    """The training job's files present in output_dir, the card first."""
-    prefix = output_dir.rstrip("/") + "/"
+def export_looking_files(output_dir: str) -> list[str]:
+    """The files in output_dir named like the training job's ('/'-separated, relative), the
+    card first."""
+    if not (storage.is_remote(output_dir) or os.path.isdir(output_dir)):
+        return []
+    prefix = storage.join(output_dir, "")
     found = []
-    for path in storage.list_files(output_dir) if _exists_dir(output_dir) else []:
+    for path in storage.list_files(output_dir):
         if storage.is_remote(output_dir):
             relative = path[len(prefix) :]
         else:
             relative = os.path.relpath(path, output_dir).replace(os.sep, "/")
         if is_export_file(relative):
-            found.append(path)
-    return sorted(found, key=lambda path: path != storage.join(output_dir, MODEL_CARD_FILE))
+            found.append(relative)
+    return sorted(found, key=lambda relative: (relative != MODEL_CARD_FILE, relative))
 
 
-def _exists_dir(output_dir: str) -> bool:
-    return storage.is_remote(output_dir) or os.path.isdir(output_dir)
+def files_written(work_dir: str, foreign: Collection[str]) -> list[str]:
+    """What a finished run wrote into work_dir besides its card and checkpoints, for the card:
+    the export-looking files less the foreign ones (there before the run), except the fixed
+    names the export always writes (a foreign file of that name was replaced)."""
+    return [
+        relative
+        for relative in export_looking_files(work_dir)
+        if relative != MODEL_CARD_FILE
+        and not relative.startswith(temporary_prefix(MODEL_CARD_FILE))
+        and not relative.startswith(CHECKPOINT_DIR + "/")
+        and (relative not in foreign or relative in EXPORT_FILES)
+    ]
 
 
-def delete_export(output_dir: str) -> int:
-    """Delete the training job's files (card first) and nothing else; returns how many."""
-    paths = export_files(output_dir)
-    for path in paths:  # one by one, in order: the card goes before anything else
-        storage.delete([path])
+def delete_files(output_dir: str, names: Sequence[str]) -> None:
+    """Delete these files of output_dir ('/'-separated, relative) one by one in this order,
+    then the export's folders they leave empty."""
+    for relative in names:
+        storage.delete([storage.join(output_dir, *relative.split("/"))])
     if not storage.is_remote(output_dir):
         storage.remove_empty_folders(output_dir, _is_export_folder)
-    return len(paths)
 
 
 def _is_export_folder(relative: str) -> bool:
     """Whether a folder (relative, '/'-separated) is one the export creates."""
-    return relative in ("plots", REPORT_ASSETS_DIR, LOG_DIR) or any(
+    return relative in ("plots", REPORT_ASSETS_DIR, LOG_DIR, CHECKPOINT_DIR) or any(
         relative == owned or relative.startswith(owned + "/") for owned in EXPORT_FOLDERS
     )
 

@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import uuid
+from collections.abc import Collection
 
 import keras
 import numpy as np
@@ -34,6 +35,7 @@ from train_job.export.files import (
     HISTORY_FILE,
     METRICS_FILE,
     SPLIT_FILE,
+    files_written,
     write_card,
     write_model_files,
 )
@@ -66,10 +68,16 @@ class TrainingOutcome:
 
 
 def write_outputs(
-    config: TrainConfig, work_dir: str, model: keras.Model, outcome: TrainingOutcome
+    config: TrainConfig,
+    work_dir: str,
+    model: keras.Model,
+    outcome: TrainingOutcome,
+    foreign_files: Collection[str],
 ) -> ModelCard:
     """Model files, split, metrics, test predictions, plots, history and report, then (only if
-    all succeeded) the card, into a local folder; returns the card."""
+    all succeeded) the card, listing them, into a local folder; returns the card.
+
+    foreign_files: the export-looking files the folder held before the run (not its own)."""
     write_model_files(model, config.image_size, work_dir)
     _write_file(work_dir, SPLIT_FILE, data.split_csv_text(outcome.rows).encode("utf-8"))
     _write_file(work_dir, METRICS_FILE, report_json(outcome.report).encode("utf-8"))
@@ -100,6 +108,7 @@ def write_outputs(
         tta=config.eval_tta,
         heatmap_scale=outcome.heatmap_scale,
     )
+    card = dataclasses.replace(card, export_files=files_written(work_dir, foreign_files))
     write_card(card, work_dir)
     logger.info("Wrote the export's files and, last, its card into %s", work_dir)
     return card

@@ -1,16 +1,19 @@
 """The checkpoint folder of a run: the settings and split it trains on, and its state per epoch.
 
-`<output_dir>/checkpoints/` (local or gs://) holds `run.json` (the result-changing flags and
-the replica count), `split.csv` (the split, to notice data that changed under the same flags)
-and `state.npz`: which phase, how many of its epochs are done, the history so far, the
-early-stopping state, every model variable (BatchNorm statistics and Dropout seed states
-included, which `save_weights` skips), the optimizer's variables, and the best epoch's
-variables when they are not the current ones. Every file is replaced whole (`atomic`).
+`<output_dir>/checkpoints/` (local or gs://) holds `run.json` (the result-changing flags, the
+replica count, when the run started and the export-looking files already in the folder then,
+which are not its own: `train_job.run_state.earlier_export`), `split.csv` (the split, to
+notice data that changed under the same flags) and `state.npz`: which phase, how many of its
+epochs are done, the history so far, the early-stopping state, every model variable (BatchNorm
+statistics and Dropout seed states included, which `save_weights` skips), the optimizer's
+variables, and the best epoch's variables when they are not the current ones. Every file is
+replaced whole (`atomic`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import io
 import json
 import logging
@@ -29,6 +32,7 @@ CHECKPOINT_DIR = "checkpoints"
 RUN_FILE = "run.json"
 SPLIT_FILE = "split.csv"
 STATE_FILE = "state.npz"
+OWN_FILES = (STATE_FILE, RUN_FILE, SPLIT_FILE)
 DONE = "done"  # the phase of a state saved after the last phase
 FORMAT_VERSION = 1
 
@@ -67,11 +71,26 @@ class Checkpoints:
         path = self._path(SPLIT_FILE)
         return storage.read_text(path) if storage.exists(path) else None
 
-    def record_run(self, settings: dict[str, Any], replicas: int, split_text: str) -> None:
-        """Record what the checkpoints will belong to (before the first epoch)."""
+    def record_run(
+        self,
+        settings: dict[str, Any],
+        replicas: int,
+        split_text: str,
+        foreign_files: list[str],
+    ) -> None:
+        """Record what the checkpoints will belong to (before the first epoch), and the
+        export-looking files ('/'-separated, relative) the folder held before this run."""
         if not self.writer:
             return
-        record = {"format_version": FORMAT_VERSION, "settings": settings, "replicas": replicas}
+        record = {
+            "format_version": FORMAT_VERSION,
+            "settings": settings,
+            "replicas": replicas,
+            "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+            "foreign_files": sorted(foreign_files),
+        }
         self._write(SPLIT_FILE, lambda stream: stream.write(split_text.encode("utf-8")))
         run_text = json.dumps(record, indent=2) + "\n"
         self._write(RUN_FILE, lambda stream: stream.write(run_text.encode("utf-8")))
@@ -109,20 +128,26 @@ class Checkpoints:
         if not self.writer:
             return
         if storage.is_remote(self.location):
-            storage.delete(storage.list_files(self.location))
+            prefix = storage.join(self.location, "")
+            files = storage.list_files(self.location)
+            storage.delete([path for path in files if is_checkpoint_file(path[len(prefix) :])])
             return
         if not os.path.isdir(self.location):
             return
-        ours = (STATE_FILE, RUN_FILE, SPLIT_FILE)
         for entry in os.listdir(self.location):
-            # Also the temporary file of a write that a kill interrupted.
-            if entry in ours or any(entry.startswith(temporary_prefix(name)) for name in ours):
+            if is_checkpoint_file(entry):
                 os.remove(self._path(entry))
         if not os.listdir(self.location):
             os.rmdir(self.location)
 
     def _write(self, name: str, write: Callable[[BinaryIO], object]) -> None:
         replace_file(self._path(name), write)
+
+
+def is_checkpoint_file(name: str) -> bool:
+    """Whether a file name in the checkpoint folder is one Checkpoints writes, or the temporary
+    file of such a write that a kill interrupted."""
+    return name in OWN_FILES or any(name.startswith(temporary_prefix(own)) for own in OWN_FILES)
 
 
 def parse_state(data: bytes) -> TrainingState:

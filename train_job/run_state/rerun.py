@@ -1,10 +1,13 @@
 """A run into a folder that already holds work: start over, skip, resume, or refuse, up front.
 
-- `--restart`: delete the checkpoints and the export's files (the card first), nothing else.
+- `--restart`: delete what the earlier run wrote, by its records (the card first), nothing else
+  (`train_job.run_state.earlier_export`).
 - A complete export (its card exists): same result-changing flags, nothing to do; other flags,
   refuse.
 - Checkpoints of an interrupted run: same flags and replica count, resume; otherwise refuse.
   Once the data is split, a split that differs from the recorded one is refused too.
+- Files named like an export's but neither a card nor checkpoints: refuse (they would be
+  overwritten) unless --restart.
 Every refusal is one line naming what differs and how to start over.
 """
 
@@ -18,9 +21,14 @@ from model import storage
 from model.constants import MODEL_CARD_FILE
 from model.network.model_card import ModelCard, read_model_card
 from train_job.config import TrainConfig, differing_settings
-from train_job.export.files import delete_export
 from train_job.launch_checks import LaunchError
 from train_job.run_state.checkpoint import Checkpoints
+from train_job.run_state.earlier_export import (
+    earlier_export,
+    export_in_words,
+    remove_earlier_export,
+    stray_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +42,32 @@ def prepare_output(
     """The card of a complete export made with these flags (nothing to train), else None.
 
     Raises LaunchError when the folder holds a complete export or checkpoints made with other
-    result-changing flags.
+    result-changing flags, or (without --restart) files named like an export's and no record.
     """
     output_dir = config.output_dir
     if restart and checkpoints.writer:
-        earlier = _earlier_run_in_words(output_dir, checkpoints)
-        deleted = delete_export(output_dir)
-        logger.info("--restart: deleted %d files of %s in %s", deleted, earlier, output_dir)
-    card = check_earlier_run(config, checkpoints, replicas)
+        earlier = earlier_export(output_dir, checkpoints)
+        if earlier is not None:
+            remove_earlier_export(output_dir, earlier)
+    card = check_earlier_run(config, checkpoints, replicas, restarted=restart)
     if card is None and checkpoints.recorded_run() is not None:
         logger.info("Checkpoints in %s were made with these flags", checkpoints.location)
     return card
 
 
 def check_earlier_run(
-    config: TrainConfig, checkpoints: Checkpoints, replicas: int | None = None
+    config: TrainConfig,
+    checkpoints: Checkpoints,
+    replicas: int | None = None,
+    *,
+    restarted: bool = False,
 ) -> ModelCard | None:
     """The card of a complete export in config.output_dir made with these flags, else None.
 
     Raises LaunchError when the folder holds a complete export, or checkpoints, made with other
-    result-changing flags (or, unless replicas is None, on another number of replicas).
+    result-changing flags (or, unless replicas is None, on another number of replicas), or,
+    unless --restart just removed an earlier run's files, files named like an export's and
+    neither a card nor checkpoints: training would overwrite them.
     """
     output_dir = config.output_dir
     card = _existing_card(output_dir)
@@ -62,7 +76,8 @@ def check_earlier_run(
         if differing:
             raise LaunchError(
                 f"--output_dir {output_dir} holds a complete export made with other settings "
-                f"({'; '.join(differing)}); use another --output_dir, or {REPLACE_EXPORT}"
+                f"({'; '.join(differing)}): {export_in_words(card)}; use another "
+                f"--output_dir, or {REPLACE_EXPORT}"
             )
         return card
     recorded = checkpoints.recorded_run()
@@ -75,28 +90,22 @@ def check_earlier_run(
             )
         if differing:
             raise LaunchError(
-                f"--output_dir {output_dir} holds checkpoints of an interrupted run with other "
-                f"settings ({'; '.join(differing)}); rerun with its flags to resume it, or "
+                f"--output_dir {output_dir} holds checkpoints of an interrupted run started "
+                f"{recorded.get('started_at') or 'at an unrecorded time'} with other settings "
+                f"({'; '.join(differing)}); rerun with its flags to resume it, or "
                 f"{START_OVER}"
             )
+        return None
+    strays = [] if restarted else stray_files(output_dir)
+    if strays:
+        paths = [storage.join(output_dir, *name.split("/")) for name in strays]
+        raise LaunchError(
+            f"--output_dir {output_dir} holds {storage.files_in_words(output_dir, paths)} "
+            f"named like a training export's, but no {MODEL_CARD_FILE} or checkpoints: "
+            "training would overwrite them; move them, use another --output_dir, or add "
+            "--restart to delete them (found by name)"
+        )
     return None
-
-
-def _earlier_run_in_words(output_dir: str, checkpoints: Checkpoints) -> str:
-    """Which earlier run --restart removes: the export's model id and date, or an interrupted
-    run's checkpoints; read leniently (a broken card or record is still removed)."""
-    try:
-        card = read_model_card(output_dir)
-        return f"export {card.model_id} (created {card.created_at or 'at an unrecorded time'})"
-    except Exception:  # no card, or one this job cannot read: what is there is removed anyway
-        pass
-    try:
-        recorded = checkpoints.recorded_run()
-    except Exception:
-        recorded = None
-    if recorded is not None:
-        return "an interrupted run (its checkpoints)"
-    return "an earlier run"
 
 
 def _existing_card(output_dir: str) -> ModelCard | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import shutil
 
 import pytest
@@ -256,16 +257,44 @@ def test_folds_aggregate_into_a_gs_bucket(cv_run, gcs_emulator):
     assert "Mean ± sd over 3 folds" in storage.read_text(storage.join(output_dir, "report.html"))
 
 
-def test_restart_deletes_exactly_the_aggregates_files(cv_run, tmp_path):
+def test_restart_deletes_exactly_the_aggregates_files(cv_run, tmp_path, caplog):
     from train_job.cross_validation.run import delete_aggregate
 
     cv_dir = tmp_path / "cv"
     shutil.copytree(cv_run / CV_DIR, cv_dir)
+    listed = json.loads((cv_dir / "cv_metrics.json").read_text())["files"]
+    ours = sorted(p.relative_to(cv_dir).as_posix() for p in cv_dir.rglob("*") if p.is_file())
+    assert ours == sorted([*listed, "cv_metrics.json"])  # the list names every file it wrote
     (cv_dir / "report_assets").mkdir(exist_ok=True)
-    (cv_dir / "report_assets" / "000_original.png").write_bytes(b"ours")
+    # A user's files, one named like the aggregator's (the file-name rule deleted it).
     mine = ["notes.txt", "plots/mine.png", "report_assets/keep.txt"]
+    mine.append("report_assets/999_overlay.png")
     for name in mine:
         (cv_dir / name).write_text("the user's")
-    delete_aggregate(str(cv_dir))
+    with caplog.at_level(logging.INFO):
+        delete_aggregate(str(cv_dir))
     left = sorted(p.relative_to(cv_dir).as_posix() for p in cv_dir.rglob("*") if p.is_file())
     assert left == sorted(mine)
+    said = [record.getMessage() for record in caplog.records]
+    assert any(f"--restart: deleting {len(ours)} files (cv_metrics.json, " in line for line in said)
+    assert not any(record.levelno >= logging.WARNING for record in caplog.records)
+
+
+def test_an_aggregate_without_a_file_list_is_removed_by_name_with_a_warning(
+    cv_run, tmp_path, caplog
+):
+    from train_job.cross_validation.run import delete_aggregate
+
+    cv_dir = tmp_path / "cv"
+    shutil.copytree(cv_run / CV_DIR, cv_dir)
+    metrics = json.loads((cv_dir / "cv_metrics.json").read_text())
+    del metrics["files"]  # as an older release wrote it
+    (cv_dir / "cv_metrics.json").write_text(json.dumps(metrics))
+    (cv_dir / "report_assets").mkdir(exist_ok=True)
+    (cv_dir / "report_assets" / "999_overlay.png").write_text("the user's")
+    (cv_dir / "notes.txt").write_text("the user's")
+    with caplog.at_level(logging.INFO):
+        delete_aggregate(str(cv_dir))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "found by name" in warnings[0]
+    assert [p.name for p in cv_dir.rglob("*") if p.is_file()] == ["notes.txt"]

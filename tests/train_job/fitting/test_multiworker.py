@@ -179,7 +179,9 @@ def test_two_workers_killed_and_resumed_export_what_one_process_with_two_replica
     for worker in refused:
         assert worker.process.returncode == 2, worker.log()[-3000:]
         (line,) = error_lines(worker)
-        assert "checkpoints of an interrupted run with other settings" in line
+        assert (
+            "checkpoints of an interrupted run started " in line and "with other settings" in line
+        )
         assert "--epochs 2 -> 3" in line
     assert checkpoints.load().epochs_done == state.epochs_done  # nothing lost
 

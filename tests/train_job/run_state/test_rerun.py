@@ -187,28 +187,81 @@ class ExpectGone(keras.callbacks.Callback):
             raise AssertionError(f"still there when training began: {left}")
 
 
+def _files(folder) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_the_card_lists_every_file_the_run_wrote(trained):
+    _, output_dir = trained
+    card = read_model_card(str(output_dir))
+    assert set(card.export_files) == _files(output_dir) - {"model_card.json"}
+    assert {"model.keras", "metrics.json", "report.html", "split.csv"} <= set(card.export_files)
+    assert any(name.startswith("logs/phase1/") for name in card.export_files)
+    assert any(name.startswith("saved_model/") for name in card.export_files)
+    assert not any(name.startswith("checkpoints/") for name in card.export_files)
+
+
 @pytest.mark.slow
 def test_restart_deletes_exactly_the_export_and_trains_from_scratch(trained, tmp_path, caplog):
     _, exported = trained
     output_dir = tmp_path / "out"
     shutil.copytree(exported, output_dir)
-    ours = {p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file()}
+    ours = _files(output_dir)
     assert all(is_export_file(path) for path in ours)
     user_files = ["notes.txt", "plots/mine.png", "report_assets/keep.txt", "logs/other/run.log"]
     user_files += ["saved_model_backup/model.keras", "report_assets/000_overlay.png.txt"]
-    for name in user_files:
+    # Named like the job's own files, which the file-name rule would delete:
+    lookalikes = ["logs/phase1/notes.txt", "report_assets/999_overlay.png", "saved_model/x.txt"]
+    for name in user_files + lookalikes:
         (output_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (output_dir / name).write_text(f"the user's {name}")
     old_card = read_model_card(str(output_dir))
     config = dataclasses.replace(config_of(old_card), output_dir=str(output_dir), seed=5)
     gone = ExpectGone([output_dir / path for path in ours])
-    with caplog.at_level(logging.INFO, logger="train_job.run_state.rerun"):
+    with caplog.at_level(logging.INFO, logger="train_job.run_state"):
         result = train(config, restart=True, callbacks=[gone])
-    said = f"files of export {old_card.model_id} (created {old_card.created_at}) in {output_dir}"
-    assert any(said in record.getMessage() for record in caplog.records)
+    said = [record.getMessage() for record in caplog.records]
+    deleting = f"--restart: deleting {len(ours)} files (model_card.json, "
+    of_export = f"of export {old_card.model_id} (created {old_card.created_at}) in {output_dir}"
+    assert any(line.startswith(deleting) and of_export in line for line in said), said
+    assert any(line.startswith("--restart: keeping 3 files") for line in said), said
     assert len(result.history["loss"]) == sum(result.epochs_run.values())  # all trained anew
-    for name in user_files:
+    for name in user_files + lookalikes:
         assert (output_dir / name).read_text() == f"the user's {name}", name
     card = read_model_card(str(output_dir))
     assert card.training_config["seed"] == 5 and card.model_id != old_card.model_id
     assert json.loads((output_dir / "history.json").read_text()) == result.history
+    # The new card lists its own files and not the user's, so the next --restart keeps them.
+    assert set(card.export_files) == _files(output_dir) - {
+        "model_card.json",
+        *user_files,
+        *lookalikes,
+    }
+
+
+@pytest.mark.slow
+def test_restart_after_a_killed_restart_keeps_the_users_files(trained, tmp_path, caplog):
+    _, exported = trained
+    output_dir = tmp_path / "out"
+    shutil.copytree(exported, output_dir)
+    lookalikes = ["logs/phase1/notes.txt", "report_assets/999_overlay.png", "saved_model/x.txt"]
+    for name in lookalikes:
+        (output_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (output_dir / name).write_text(f"the user's {name}")
+    config = dataclasses.replace(
+        config_of(read_model_card(str(output_dir))), output_dir=str(output_dir), seed=5
+    )
+    with pytest.raises(Killed):
+        train(config, restart=True, callbacks=[KillAfterEpochs(1)])
+    recorded = Checkpoints(str(output_dir)).recorded_run()
+    assert set(recorded["foreign_files"]) == set(lookalikes)  # there before it: not its own
+    partial = _files(output_dir) - set(lookalikes)
+    assert any(name.startswith("logs/phase1/train/events") for name in partial), partial
+    with caplog.at_level(logging.INFO, logger="train_job.run_state"):
+        train(dataclasses.replace(config, seed=6), restart=True)
+    said = [record.getMessage() for record in caplog.records]
+    started = f"of an interrupted run started {recorded['started_at']} in {output_dir}"
+    assert any(f"deleting {len(partial)} files" in line and started in line for line in said)
+    for name in lookalikes:
+        assert (output_dir / name).read_text() == f"the user's {name}", name
+    assert read_model_card(str(output_dir)).training_config["seed"] == 6
