@@ -45,7 +45,8 @@ setup(
         # uv: scripts/lock_deps.sh compiles the locks in requirements/, scripts/upgrade_deps.sh
         # builds its throwaway environment of the newest releases.
         # mkdocs: the reference in docs/ (mkdocs build --strict in CI).
-        "dev": ["pytest", "gcp-storage-emulator", "ruff", "uv", "mkdocs"],
+        # pytest-xdist: scripts/test.sh runs the tests in one process per core.
+        "dev": ["pytest", "pytest-xdist", "gcp-storage-emulator", "ruff", "uv", "mkdocs"],
         # The Dataflow GPU worker image (Dockerfile): the CUDA runtime and cuDNN as pip wheels.
         "gpu": ["tensorflow[and-cuda]"],
     },
