@@ -242,6 +242,23 @@ def list_files(directory: str) -> list[str]:
     return match(join(directory, "**"))
 
 
+def relative_files(folder: str) -> list[str]:
+    """Every file below a folder as a '/'-separated path relative to it, sorted; [] when a
+    local folder does not exist."""
+    if not is_remote(folder) and not os.path.isdir(folder):
+        return []
+    prefix = join(folder, "")
+    return sorted(
+        path[len(prefix) :] if is_remote(folder) else _relative(path, folder)
+        for path in list_files(folder)
+    )
+
+
+def _relative(path: str, folder: str) -> str:
+    """A local path relative to folder, '/'-separated."""
+    return os.path.relpath(path, folder).replace(os.sep, "/")
+
+
 def download_dir(remote_dir: str, local_dir: str) -> list[str]:
     """Copy every file below remote_dir into local_dir, keeping relative paths."""
     prefix = remote_dir.rstrip("/") + "/"
@@ -262,7 +279,7 @@ def upload_dir(local_dir: str, remote_dir: str) -> list[str]:
     """Copy every file below local_dir to remote_dir (local or remote), keeping relative paths."""
     copied = []
     for path in list_files(local_dir):
-        relative = os.path.relpath(path, local_dir).replace(os.sep, "/")
+        relative = _relative(path, local_dir)
         target = join(remote_dir, *relative.split("/"))
         if not is_remote(target):
             os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -92,6 +92,19 @@ def train(
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def _record_launch(config, replicas: int, split_text: str, checkpoints) -> list[str]:
+    """The export-looking files in --output_dir that are not this run's: recorded in
+    checkpoints/run.json at its first launch, read back from there on a resume."""
+    if not checkpoints.writer:
+        return []
+    recorded = checkpoints.recorded_run()
+    if recorded is not None:
+        return list(recorded.get("foreign_files", []))
+    foreign = export_looking_files(config.output_dir)
+    checkpoints.record_run(result_settings(config), replicas, split_text, foreign_files=foreign)
+    return foreign
+
+
 def _train(config, strategy, restart, callbacks) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or choose_strategy()
@@ -116,19 +129,12 @@ def _train(config, strategy, restart, callbacks) -> TrainResult:
         lambda split: text_fingerprint(json.dumps(result_settings(config)) + split.text),
         "settings or images (result-changing flags, or the images under --data_dir)",
     )
-    if checkpoints.writer and checkpoints.recorded_run() is None:
-        checkpoints.record_run(
-            result_settings(config),
-            replicas,
-            split.text,
-            foreign_files=export_looking_files(config.output_dir),
-        )
+    foreign = _record_launch(config, replicas, split.text, checkpoints)
     with _work_dir(config.output_dir, checkpoints.writer) as work_dir:
         model, outcome = _fit_and_evaluate(
             config, strategy, split, checkpoints, work_dir, callbacks
         )
         if checkpoints.writer:
-            foreign = (checkpoints.recorded_run() or {}).get("foreign_files", [])
             write_outputs(config, work_dir, model, outcome, foreign)
             if work_dir != config.output_dir:
                 publish(work_dir, config.output_dir)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Collection
 
@@ -40,17 +39,11 @@ _REPORT_ASSET = re.compile(rf"^{REPORT_ASSETS_DIR}/\d{{3}}_(original|overlay)\.p
 def aggregate_looking_files(cv_dir: str) -> list[str]:
     """The files in cv_dir named like the aggregator's ('/'-separated, relative),
     cv_metrics.json first."""
-    if not storage.is_remote(cv_dir) and not os.path.isdir(cv_dir):
-        return []
-    prefix = storage.join(cv_dir, "")
-    found = []
-    for path in storage.list_files(cv_dir):
-        if storage.is_remote(cv_dir):
-            relative = path[len(prefix) :]
-        else:
-            relative = os.path.relpath(path, cv_dir).replace(os.sep, "/")
-        if relative in AGGREGATE_FILES or _REPORT_ASSET.match(relative):
-            found.append(relative)
+    found = [
+        name
+        for name in storage.relative_files(cv_dir)
+        if name in AGGREGATE_FILES or _REPORT_ASSET.match(name)
+    ]
     return sorted(found, key=lambda name: (name != CV_METRICS_FILE, name))
 
 

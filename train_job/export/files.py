@@ -69,20 +69,18 @@ def is_export_file(relative: str) -> bool:
     )
 
 
+def is_bookkeeping_file(relative: str) -> bool:
+    """A checkpoint file or a card's temporary file: the job's own by name, whatever a record
+    says, and never part of the export itself."""
+    return relative.startswith(CHECKPOINT_DIR + "/") or relative.startswith(
+        temporary_prefix(MODEL_CARD_FILE)
+    )
+
+
 def export_looking_files(output_dir: str) -> list[str]:
     """The files in output_dir named like the training job's ('/'-separated, relative), the
     card first."""
-    if not (storage.is_remote(output_dir) or os.path.isdir(output_dir)):
-        return []
-    prefix = storage.join(output_dir, "")
-    found = []
-    for path in storage.list_files(output_dir):
-        if storage.is_remote(output_dir):
-            relative = path[len(prefix) :]
-        else:
-            relative = os.path.relpath(path, output_dir).replace(os.sep, "/")
-        if is_export_file(relative):
-            found.append(relative)
+    found = [name for name in storage.relative_files(output_dir) if is_export_file(name)]
     return sorted(found, key=lambda relative: (relative != MODEL_CARD_FILE, relative))
 
 
@@ -94,8 +92,7 @@ def files_written(work_dir: str, foreign: Collection[str]) -> list[str]:
         relative
         for relative in export_looking_files(work_dir)
         if relative != MODEL_CARD_FILE
-        and not relative.startswith(temporary_prefix(MODEL_CARD_FILE))
-        and not relative.startswith(CHECKPOINT_DIR + "/")
+        and not is_bookkeeping_file(relative)
         and (relative not in foreign or relative in EXPORT_FILES)
     ]
 

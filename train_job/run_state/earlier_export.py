@@ -21,10 +21,9 @@ import dataclasses
 import logging
 
 from model import storage
-from model.atomic import temporary_prefix
 from model.constants import MODEL_CARD_FILE
 from model.network.model_card import ModelCard, read_model_card
-from train_job.export.files import delete_files, export_looking_files
+from train_job.export.files import delete_files, export_looking_files, is_bookkeeping_file
 from train_job.run_state.checkpoint import CHECKPOINT_DIR, RUN_FILE, Checkpoints
 
 logger = logging.getLogger(__name__)
@@ -42,16 +41,9 @@ class EarlierExport:
     kept: tuple[str, ...] = ()  # export-looking files the run's record says are not its own
 
 
-def _is_bookkeeping(relative: str) -> bool:
-    """A checkpoint file or a card's temporary file: the job's own by name, always."""
-    return relative.startswith(CHECKPOINT_DIR + "/") or relative.startswith(
-        temporary_prefix(MODEL_CARD_FILE)
-    )
-
-
 def stray_files(output_dir: str) -> list[str]:
     """Export-looking files besides the job's bookkeeping ('/'-separated, relative)."""
-    return [name for name in export_looking_files(output_dir) if not _is_bookkeeping(name)]
+    return [name for name in export_looking_files(output_dir) if not is_bookkeeping_file(name)]
 
 
 def _in_removal_order(names: list[str]) -> tuple[str, ...]:
@@ -75,7 +67,7 @@ def earlier_export(output_dir: str, checkpoints: Checkpoints) -> EarlierExport |
         card = None
     if card is not None and card.export_files:
         listed = set(card.export_files)
-        ours = [name for name in present if name in listed or _is_bookkeeping(name)]
+        ours = [name for name in present if name in listed or is_bookkeeping_file(name)]
         return EarlierExport(
             run=export_in_words(card),
             files=_in_removal_order([MODEL_CARD_FILE, *ours]),

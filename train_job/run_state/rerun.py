@@ -99,11 +99,12 @@ def check_earlier_run(
     strays = [] if restarted else stray_files(output_dir)
     if strays:
         paths = [storage.join(output_dir, *name.split("/")) for name in strays]
+        them = "them" if len(strays) > 1 else "it"
         raise LaunchError(
             f"--output_dir {output_dir} holds {storage.files_in_words(output_dir, paths)} "
             f"named like a training export's, but no {MODEL_CARD_FILE} or checkpoints: "
-            "training would overwrite them; move them, use another --output_dir, or add "
-            "--restart to delete them (found by name)"
+            f"training would overwrite {them}; move {them}, use another --output_dir, or add "
+            f"--restart to delete {them} (found by name)"
         )
     return None
 

@@ -164,6 +164,13 @@ def test_lookalike_files_without_records_stop_a_run_without_restart(tmp_path, no
     assert "holds 4 files (logs/phase1/notes.txt, metrics.json, model.keras and 1 more)" in message
     assert "training would overwrite them" in message and "--restart" in message
     assert check_earlier_run(config, checkpoints, restarted=True) is None
+    _write(tmp_path / "one", ["metrics.json"])
+    with pytest.raises(LaunchError) as refused:
+        check_earlier_run(
+            tiny_config(tmp_path / "data", tmp_path / "one"), Checkpoints(str(tmp_path / "one"))
+        )
+    assert "holds 1 file (metrics.json)" in str(refused.value)
+    assert "would overwrite it; move it, " in str(refused.value)
     # The job's own bookkeeping (a record cut by a kill) is not a user's file.
     _write(tmp_path / "out2", ["checkpoints/split.csv", ".model_card.json.tmp", "notes.txt"])
     config = tiny_config(tmp_path / "data", tmp_path / "out2")
