@@ -259,22 +259,6 @@ def _relative(path: str, folder: str) -> str:
     return os.path.relpath(path, folder).replace(os.sep, "/")
 
 
-def download_dir(remote_dir: str, local_dir: str) -> list[str]:
-    """Copy every file below remote_dir into local_dir, keeping relative paths."""
-    prefix = remote_dir.rstrip("/") + "/"
-    copied = []
-    for path in list_files(remote_dir):
-        relative = (
-            path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, remote_dir)
-        )
-        target = os.path.join(local_dir, *relative.split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "wb") as handle:
-            handle.write(read_bytes(path))
-        copied.append(target)
-    return copied
-
-
 def upload_dir(local_dir: str, remote_dir: str) -> list[str]:
     """Copy every file below local_dir to remote_dir (local or remote), keeping relative paths."""
     copied = []

@@ -92,7 +92,9 @@ def train(
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _record_launch(config, replicas: int, split_text: str, checkpoints) -> list[str]:
+def _record_launch(
+    config: TrainConfig, replicas: int, split_text: str, checkpoints: Checkpoints
+) -> list[str]:
     """The export-looking files in --output_dir that are not this run's: recorded in
     checkpoints/run.json at its first launch, read back from there on a resume."""
     if not checkpoints.writer:
